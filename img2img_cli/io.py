@@ -1,0 +1,270 @@
+"""Images in and out: reading (EXIF orientation, modes, pixel limit), sizing, A1111's
+resize modes, output naming and atomic writes. No model code here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import InputError, OutputError
+
+#: File name extensions treated as images when walking a folder (lower case).
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+)
+#: Output format -> file extension.
+FORMAT_EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
+#: File extension -> output format, for ``-o FILE``.
+EXTENSION_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
+
+#: Default pixel limit: 2.5x Pillow's own decompression-bomb limit (89,478,485 px, about
+#: a 9459x9459 image) would still be ~850 MB as RGB; we refuse inputs above 100 MP.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def display(path: os.PathLike | str) -> str:
+    """``path`` as printable text, even when its bytes are not valid UTF-8 (escaped)."""
+    text = os.fspath(path)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(text, str) else repr(text)
+
+
+def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, background=(255, 255, 255)):
+    """Read an image file as an 8-bit RGB ``PIL.Image``.
+
+    Anything Pillow reads (PNG, JPEG, WebP, TIFF, BMP, GIF...); the first frame of an
+    animated or multi-page file; EXIF orientation applied (``ImageOps.exif_transpose``);
+    16-bit images scaled to 8 bits; an alpha channel composited onto ``background``
+    (an ``(R, G, B)`` tuple of 0-255 ints).
+
+    The header is checked against ``max_pixels`` (width x height) before any pixel is decoded.
+
+    Raises:
+        InputError: one line naming the file: missing, unreadable, not an image, truncated,
+            too many pixels.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = display(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(
+                    f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (--max-pixels)"
+                )
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im, background)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name}: refused as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def _to_rgb(im, background):
+    """Convert any Pillow mode to RGB (8 bit), compositing alpha onto ``background``."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype("uint8"), "L")
+    elif im.mode == "F":
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype("uint8"), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if im.mode != "RGB":
+        return im.convert("RGB")
+    return im
+
+
+def round8(x: float) -> int:
+    """``x`` rounded down to a multiple of 8, at least 8."""
+    return max(8, int(x) // 8 * 8)
+
+
+def target_size(
+    src_size: tuple[int, int], native: int, width: int | None = None, height: int | None = None
+) -> tuple[int, int]:
+    """Output ``(width, height)`` in pixels, multiples of 8.
+
+    - both ``width`` and ``height`` given: used as they are;
+    - one given: the other follows the source aspect ratio, rounded down to a multiple of 8;
+    - none: the source aspect ratio with the longer side at ``native`` (the model's native
+      resolution: 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL), the other side rounded down
+      to a multiple of 8.
+    """
+    sw, sh = src_size
+    if width and height:
+        return width, height
+    if width:
+        return width, round8(width * sh / sw)
+    if height:
+        return round8(height * sw / sh), height
+    if sw >= sh:
+        return round8(native), round8(native * sh / sw)
+    return round8(native * sw / sh), round8(native)
+
+
+def resize_image(im, width: int, height: int, mode: str = "crop"):
+    """Fit ``im`` to ``width x height`` with one of A1111's resize modes.
+
+    Ported from AUTOMATIC1111 ``modules/images.py: resize_image`` (LANCZOS resampling):
+
+    - ``just`` ("Just resize"): stretch to the size, aspect ratio not kept;
+    - ``crop`` ("Crop and resize"): scale to cover the size, centre-crop the excess;
+    - ``fill`` ("Resize and fill"): scale to fit inside, fill the bands with the image's
+      stretched edge rows or columns.
+
+    An image already at the size is returned unchanged.
+    """
+    from PIL import Image
+
+    if im.size == (width, height):
+        return im
+    lanczos = Image.Resampling.LANCZOS
+    if mode == "just":
+        return im.resize((width, height), lanczos)
+    ratio = width / height
+    src_ratio = im.width / im.height
+    if mode == "crop":
+        src_w = width if ratio > src_ratio else im.width * height // im.height
+        src_h = height if ratio <= src_ratio else im.height * width // im.width
+        resized = im.resize((src_w, src_h), lanczos)
+        res = Image.new("RGB", (width, height))
+        res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+        return res
+    if mode == "fill":
+        src_w = width if ratio < src_ratio else im.width * height // im.height
+        src_h = height if ratio >= src_ratio else im.height * width // im.width
+        resized = im.resize((src_w, src_h), lanczos)
+        res = Image.new("RGB", (width, height))
+        res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+        if ratio < src_ratio:
+            fill_height = height // 2 - src_h // 2
+            if fill_height > 0:
+                res.paste(resized.resize((width, fill_height), box=(0, 0, width, 0)), box=(0, 0))
+                res.paste(
+                    resized.resize((width, fill_height), box=(0, resized.height, width, resized.height)),
+                    box=(0, fill_height + src_h),
+                )
+        elif ratio > src_ratio:
+            fill_width = width // 2 - src_w // 2
+            if fill_width > 0:
+                res.paste(resized.resize((fill_width, height), box=(0, 0, 0, height)), box=(0, 0))
+                res.paste(
+                    resized.resize((fill_width, height), box=(resized.width, 0, resized.width, height)),
+                    box=(fill_width + src_w, 0),
+                )
+        return res
+    raise ValueError(f"unknown resize mode {mode!r}")
+
+
+def output_name(rel: Path, fmt: str, k: int | None = None) -> Path:
+    """Relative output path for input ``rel`` (its path relative to the input folder).
+
+    ``photos/cat.jpg`` -> ``photos/cat.png``; with ``k`` (image ``k`` of ``--num-images``)
+    ``photos/cat-<k>.png``.
+    """
+    stem = rel.stem if k is None else f"{rel.stem}-{k}"
+    return rel.with_name(stem + FORMAT_EXTENSIONS[fmt])
+
+
+def free_name(path: Path) -> Path:
+    """``path`` if no file is there, else the first free ``<stem>-0001<ext>``, ``-0002``..."""
+    if not os.path.lexists(path):
+        return path
+    for i in range(1, 1_000_000):
+        candidate = path.with_name(f"{path.stem}-{i:04d}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise OutputError(f"{display(path)}: no free file name left")
+
+
+def atomic_save(image, dest: Path, fmt: str, infotext: str, *, quality: int = 95, overwrite: bool = False) -> Path:
+    """Write ``image`` with its infotext to ``dest`` atomically and return the path written.
+
+    The image is written to a hidden temporary file in ``dest``'s folder, flushed and
+    fsync'ed, then moved into place (``os.replace`` with ``overwrite``; otherwise
+    ``os.link``, which fails rather than replace a file, and the next free name
+    ``<stem>-0001<ext>`` is taken). A killed process leaves no truncated image under a
+    real name, and never an existing file replaced without ``overwrite``.
+
+    Raises:
+        OutputError: the folder cannot be created or written, the disk is full...; no
+            temporary file is left behind.
+    """
+    from .metadata import write_image
+
+    folder = dest.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{display(folder)}: cannot create output folder ({_one_line(e)})") from None
+    tmp = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".tmp", dir=folder)
+        tmp = Path(tmp_name)
+        os.close(fd)
+        write_image(image, tmp, fmt, infotext, quality=quality)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, dest)
+            return dest
+        while True:
+            target = free_name(dest)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                continue  # taken between free_name and link by another process
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if os.path.lexists(target):
+                    continue
+                os.replace(tmp, target)  # filesystem without hard links
+                return target
+            os.unlink(tmp)
+            return target
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(f"{display(dest)}: cannot write ({_one_line(e)})") from None
+    except ValueError as e:  # e.g. infotext too long for a JPEG's EXIF segment
+        raise OutputError(f"{display(dest)}: cannot write ({_one_line(e)})") from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

@@ -1,0 +1,321 @@
+"""Resolving ``--model``, choosing device and dtype, and loading the diffusers pipeline.
+
+``--model`` may be (checked in this order, before anything heavy is imported):
+
+1. ``tiny``: the built-in tiny model, a diffusers folder at ``img2img_cli/models/tiny/``
+   (loaded through the same code path as any local folder);
+2. a local diffusers folder (it has a ``model_index.json``);
+3. a single-file ``.safetensors`` checkpoint (A1111 / ComfyUI layout, SD 1.x, SD 2.x,
+   SDXL), loaded with diffusers' ``from_single_file`` against the configs shipped in
+   ``img2img_cli/models/configs/`` and the CLIP tokenizer in ``models/clip_tokenizer/``,
+   so no network call is made;
+4. a Hugging Face hub repo id (``owner/name``), through the user's Hugging Face cache;
+   honours ``HF_HUB_OFFLINE``.
+
+Pickle checkpoints (``.ckpt``, ``.pt``, ``.bin``) are refused: they can run code when loaded.
+``trust_remote_code`` is never passed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError, UsageError
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+TINY_DIR = HERE / "tiny"
+CONFIGS_DIR = HERE / "configs"
+CLIP_TOKENIZER_DIR = HERE / "clip_tokenizer"
+
+#: diffusers' ``infer_diffusers_model_type`` name -> shipped config folder name.
+SINGLE_FILE_CONFIGS = {
+    "v1": "sd15",
+    "v2": "sd2",
+    "xl_base": "sdxl",
+    "xl_refiner": "sdxl-refiner",
+}
+#: Text-to-image pipeline class named in model_index.json -> its image-to-image class.
+IMG2IMG_CLASSES = {
+    "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionImg2ImgPipeline": "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLImg2ImgPipeline": "StableDiffusionXLImg2ImgPipeline",
+}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from.
+
+    Attributes:
+        kind: ``"folder"`` (``tiny`` included), ``"file"`` or ``"hub"``.
+        source: folder path, file path or repo id.
+        name: the name recorded in the infotext ``Model:`` field (``tiny``, folder name,
+            checkpoint file stem, or repo id).
+        config: for ``"file"``, the diffusers config folder used; else ``None``.
+        cached: for ``"hub"``, whether the repo is in the local Hugging Face cache.
+    """
+
+    kind: str
+    source: str
+    name: str
+    config: Path | None = None
+    cached: bool = True
+
+
+def resolve_model(model: str, model_config: str | None = None) -> ModelSpec:
+    """Resolve ``--model`` without loading anything heavy (no torch import).
+
+    Args:
+        model: ``tiny``, a folder, a ``.safetensors`` file or a hub repo id.
+        model_config: for a single file, a shipped config name (``sd15``, ``sd2``,
+            ``sd2-base``, ``sdxl``, ``sdxl-refiner``) or a local diffusers folder; by default
+            it is inferred from the checkpoint's keys (diffusers ``infer_diffusers_model_type``).
+
+    Raises:
+        ModelError: the model cannot be found, is a pickle file, or (offline) is not cached;
+            the message names it and says what to do.
+    """
+    if model == "tiny":
+        return ModelSpec("folder", str(TINY_DIR), "tiny")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(
+                f"--model {model}: folder has no model_index.json; pass a diffusers model folder "
+                "(as written by save_pretrained) or a .safetensors checkpoint"
+            )
+        return ModelSpec("folder", str(path), path.resolve().name)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if path.exists():
+            raise ModelError(
+                f"--model {model}: pickle checkpoints ({path.suffix}) can run arbitrary code when loaded "
+                "and are refused; use the .safetensors version of this model"
+            )
+        raise ModelError(f"--model {model}: no such file")
+    if path.suffix.lower() == ".safetensors" or path.is_file():
+        if not path.is_file():
+            raise ModelError(f"--model {model}: no such file")
+        if path.suffix.lower() != ".safetensors":
+            raise ModelError(f"--model {model}: not a .safetensors checkpoint or diffusers folder")
+        config = _single_file_config(path, model_config)
+        return ModelSpec("file", str(path), path.stem, config=config)
+    if _REPO_ID.match(model) and not model.startswith((".", "/", "~")):
+        return _resolve_hub(model)
+    raise ModelError(
+        f"--model {model}: not found; pass `tiny`, a diffusers folder, a .safetensors file or a "
+        "Hugging Face repo id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+    )
+
+
+def _resolve_hub(repo_id: str) -> ModelSpec:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # malformed id etc.
+        cached = None
+    if isinstance(cached, str):
+        return ModelSpec("hub", repo_id, repo_id, cached=True)
+    if _offline():
+        raise ModelError(
+            f"--model {repo_id}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"download it first (`hf download {repo_id}`) or pass a local folder or .safetensors file"
+        )
+    return ModelSpec("hub", repo_id, repo_id, cached=False)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _LazyCheckpoint(dict):
+    """A read-only mapping over a safetensors file that loads a tensor only when asked."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        super().__init__()
+        self._file = safe_open(str(path), framework="pt")
+        self._keys = set(self._file.keys())
+
+    def __contains__(self, key):
+        return key in self._keys
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def keys(self):
+        return self._keys
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+    def get(self, key, default=None):
+        return self[key] if key in self._keys else default
+
+
+def _single_file_config(path: Path, model_config: str | None) -> Path:
+    if model_config:
+        shipped = CONFIGS_DIR / model_config
+        if model_config == "tiny":
+            return TINY_DIR
+        if shipped.is_dir():
+            return shipped
+        folder = Path(model_config).expanduser()
+        if (folder / "model_index.json").is_file():
+            return folder
+        names = ", ".join(sorted(p.name for p in CONFIGS_DIR.iterdir() if p.is_dir()))
+        raise UsageError(
+            f"--model-config {model_config}: not a shipped config ({names}) nor a diffusers folder"
+        )
+    try:
+        from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+        kind = infer_diffusers_model_type(_LazyCheckpoint(path))
+    except Exception as e:
+        raise ModelError(f"--model {path}: cannot read checkpoint ({' '.join(str(e).split())})") from None
+    if kind not in SINGLE_FILE_CONFIGS:
+        raise ModelError(
+            f"--model {path}: checkpoint type {kind!r} is not supported (SD 1.x, SD 2.x, SDXL); "
+            "pass --model-config with a diffusers folder that matches it"
+        )
+    return CONFIGS_DIR / SINGLE_FILE_CONFIGS[kind]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if available, else ``mps``, else ``cpu``.
+
+    Raises:
+        UsageError: ``--device cuda`` or ``mps`` asked for but not available.
+    """
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available (try --device cpu)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: MPS is not available (try --device cpu)")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` -> ``torch.float16`` on cuda and mps, ``torch.float32`` on the CPU
+    (diffusers' docs run fp16 on GPUs; its CPU default is fp32)."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.float16 if device in ("cuda", "mps") else torch.float32
+    return table[dtype]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_pipeline(spec: ModelSpec, *, device: str, dtype, scheduler: str | None = None, progress: bool = False):
+    """Load the image-to-image pipeline for ``spec`` onto ``device`` in ``dtype``.
+
+    ``AutoPipelineForImage2Image`` for folders and hub ids (SD 1.x / 2.x give
+    ``StableDiffusionImg2ImgPipeline``, SDXL ``StableDiffusionXLImg2ImgPipeline``);
+    ``from_single_file`` for checkpoints. The safety checker is never loaded (A1111 has none).
+
+    Args:
+        scheduler: an A1111 sampler name, or ``None`` for the model's own scheduler.
+        progress: show diffusers' per-step progress bar (on stderr).
+
+    Raises:
+        ModelError: one line naming the model when loading fails.
+    """
+    import diffusers
+    from diffusers.utils import logging as dlogging
+
+    from ..schedulers import make_scheduler
+
+    from transformers.utils import logging as tlogging
+
+    # Weight-loading bars and info chatter from the libraries are not ours to show.
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    dlogging.set_verbosity_error()
+    tlogging.set_verbosity_error()
+    try:
+        if spec.kind == "file":
+            pipe = _load_single_file(spec, dtype)
+        else:
+            kwargs: dict = {"dtype": dtype}
+            index = {}
+            if spec.kind == "folder":
+                index = _read_json(Path(spec.source) / "model_index.json")
+            elif spec.cached:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(spec.source, "model_index.json")
+                index = _read_json(Path(cached)) if isinstance(cached, str) else {}
+            if spec.kind == "folder" or spec.cached:
+                kwargs["local_files_only"] = True
+            if "safety_checker" in index:
+                kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipe = diffusers.AutoPipelineForImage2Image.from_pretrained(spec.source, **kwargs)
+    except (ModelError, UsageError):
+        raise
+    except Exception as e:
+        reason = " ".join(str(e).split())[:300]
+        raise ModelError(f"--model {spec.source}: cannot load ({type(e).__name__}: {reason})") from e
+    if scheduler:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    return pipe
+
+
+def _load_single_file(spec: ModelSpec, dtype):
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    index = _read_json(spec.config / "model_index.json")
+    cls_name = IMG2IMG_CLASSES.get(index.get("_class_name", ""), "StableDiffusionImg2ImgPipeline")
+    cls = getattr(diffusers, cls_name)
+    kwargs: dict = {"config": str(spec.config), "local_files_only": True, "dtype": dtype}
+    # Tokenizers ship once, in models/clip_tokenizer/; SD 2.x and SDXL's second tokenizer pad with "!".
+    if not (spec.config / "tokenizer").is_dir() and "tokenizer" in index and index["tokenizer"][0]:
+        pad = "!" if spec.config.name.startswith("sd2") else "<|endoftext|>"
+        kwargs["tokenizer"] = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), pad_token=pad)
+    if not (spec.config / "tokenizer_2").is_dir() and "tokenizer_2" in index and index["tokenizer_2"][0]:
+        kwargs["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), pad_token="!")
+    if "safety_checker" in index:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return cls.from_single_file(spec.source, **kwargs)
+
+
+def native_resolution(pipe) -> int:
+    """The model's native output side in pixels: ``unet.config.sample_size * vae_scale_factor``
+    (64 for tiny, 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL), as diffusers' pipelines
+    compute their default height and width."""
+    size = pipe.unet.config.sample_size
+    if isinstance(size, (list, tuple)):
+        size = max(size)
+    return int(size) * int(pipe.vae_scale_factor)

@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests never touch the network and never need a GPU unless marked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TINY = ROOT / "img2img_cli" / "models" / "tiny"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    have_gpu = False
+    if any("gpu" in item.keywords for item in items):
+        try:
+            import torch
+
+            have_gpu = torch.cuda.is_available()
+        except Exception:
+            have_gpu = False
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(pytest.mark.skip(reason="slow: pass --runslow"))
+        if "gpu" in item.keywords and not have_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """The built-in tiny model as diffusers' own StableDiffusionImg2ImgPipeline, on the CPU in fp32."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(TINY), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder with copies of the bundled photos (chelsea.png, coffee.png, rocket.jpg, camera.png)."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg", "camera.png"):
+        shutil.copy(EXAMPLES / name, d / name)
+    return d
