@@ -1,0 +1,164 @@
+"""Reading, sizing, A1111 resize modes, naming, atomic writes, styles, job validation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from img2img_cli.batch import InputItem, OutputPlan, collect_inputs
+from img2img_cli.config import Job, parse_size
+from img2img_cli.errors import InputError, OutputError, UsageError
+from img2img_cli.io import atomic_save, free_name, load_image, resize_image, target_size
+from img2img_cli.metadata import read_infotext
+from img2img_cli.styles import Style, parse_style
+
+from .conftest import EXAMPLES
+
+
+def two_colour(w=100, h=50):
+    """Left half red, right half blue."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, : w // 2] = (255, 0, 0)
+    a[:, w // 2 :] = (0, 0, 255)
+    return Image.fromarray(a)
+
+
+@pytest.mark.parametrize(
+    "src, native, w, h, expected",
+    [
+        ((451, 300), 64, None, None, (64, 40)),
+        ((300, 451), 512, None, None, (336, 512)),
+        ((640, 427), 512, None, None, (512, 336)),
+        ((512, 512), 768, None, None, (768, 768)),
+        ((640, 427), 1024, None, None, (1024, 680)),
+        ((451, 300), 512, 256, None, (256, 168)),
+        ((451, 300), 512, None, 256, (384, 256)),
+        ((451, 300), 512, 320, 320, (320, 320)),
+        ((3, 2000), 512, None, None, (8, 512)),
+    ],
+)
+def test_target_size(src, native, w, h, expected):
+    assert target_size(src, native, w, h) == expected
+
+
+def test_resize_modes_follow_a1111():
+    im = two_colour(100, 50)
+    crop = np.asarray(resize_image(im, 50, 50, "crop"))
+    # crop keeps the centre 50x50: 25 red columns then 25 blue
+    assert tuple(crop[25, 5]) == (255, 0, 0) and tuple(crop[25, 45]) == (0, 0, 255)
+    just = np.asarray(resize_image(im, 50, 50, "just"))
+    # stretched: the full width is kept, squeezed
+    assert tuple(just[25, 5]) == (255, 0, 0) and tuple(just[25, 45]) == (0, 0, 255)
+    fill = np.asarray(resize_image(im, 50, 50, "fill"))
+    # fitted inside (50x25 at y=12..37), the bands above and below filled with the edge rows
+    assert tuple(fill[0, 5]) == (255, 0, 0) and tuple(fill[49, 45]) == (0, 0, 255)
+    tall = np.asarray(resize_image(Image.fromarray(np.full((10, 10, 3), 200, np.uint8)), 40, 20, "fill"))
+    assert (tall == 200).all()  # no black bars
+    assert resize_image(im, 100, 50, "crop") is im  # already the size: untouched
+
+
+def test_load_image_modes_and_orientation(tmp_path):
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    rgba.save(tmp_path / "clear.png")
+    assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)  # alpha onto white
+    Image.new("L", (8, 4), 77).save(tmp_path / "grey.png")
+    im = load_image(tmp_path / "grey.png")
+    assert im.mode == "RGB" and im.getpixel((0, 0)) == (77, 77, 77)
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "deep.png")
+    assert load_image(tmp_path / "deep.png").getpixel((0, 0)) == (255, 255, 255)
+    frames = [Image.new("RGB", (6, 6), c) for c in ((0, 255, 0), (255, 0, 0))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert load_image(tmp_path / "anim.gif").getpixel((0, 0)) == (0, 255, 0)
+
+
+def test_load_image_errors_name_the_file(tmp_path):
+    (tmp_path / "text.jpg").write_text("hello")
+    with pytest.raises(InputError, match=r"text\.jpg: not an image"):
+        load_image(tmp_path / "text.jpg")
+    data = (EXAMPLES / "rocket.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match=r"cut\.jpg"):
+        load_image(tmp_path / "cut.jpg")
+    with pytest.raises(InputError, match="over the limit"):
+        load_image(EXAMPLES / "chelsea.png", max_pixels=1000)
+
+
+def test_atomic_save_never_overwrites_and_leaves_no_temp(tmp_path):
+    im = Image.new("RGB", (16, 8), (1, 2, 3))
+    dest = tmp_path / "sub" / "a.png"
+    assert atomic_save(im, dest, "png", "p\nSteps: 1, Seed: 2, Size: 16x8") == dest
+    assert atomic_save(im, dest, "png", "q\nSteps: 1, Seed: 3, Size: 16x8") == tmp_path / "sub" / "a-0001.png"
+    assert read_infotext(dest).startswith("p\n")
+    assert atomic_save(im, dest, "png", "r\nSteps: 1, Seed: 4, Size: 16x8", overwrite=True) == dest
+    assert read_infotext(dest).startswith("r\n")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["a-0001.png", "a.png"]
+    assert free_name(dest) == tmp_path / "sub" / "a-0002.png"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_atomic_save_unwritable_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(OutputError, match="ro"):
+        atomic_save(Image.new("RGB", (8, 8)), ro / "a.png", "png", "x\nSteps: 1, Seed: 1, Size: 8x8")
+
+
+def test_output_plan():
+    plan = OutputPlan.make(Path("out.jpg"), None, 1)
+    assert plan.file == Path("out.jpg") and plan.fmt == "jpg"
+    with pytest.raises(UsageError, match="-o out.jpg"):
+        OutputPlan.make(Path("out.jpg"), None, 2)
+    with pytest.raises(UsageError, match="--format png"):
+        OutputPlan.make(Path("out.jpg"), "png", 1)
+    plan = OutputPlan.make(None, "webp", 3)
+    item = InputItem(Path("in/a/b.JPG"), Path("a/b.JPG"))
+    assert plan.paths_for(item, 1) == [Path("outputs/a/b.webp")]
+    assert plan.paths_for(item, 2) == [Path("outputs/a/b-0.webp"), Path("outputs/a/b-1.webp")]
+
+
+def test_collect_inputs(tmp_path):
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / "a.JPG").write_bytes(b"")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    (tmp_path / "readme.md").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.webp").write_bytes(b"")
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    flat = collect_inputs([tmp_path])
+    assert [i.rel for i in flat] == [Path("a.JPG"), Path("b.png")]
+    deep = collect_inputs([tmp_path], recursive=True)
+    assert [i.rel for i in deep] == [Path("a.JPG"), Path("b.png"), Path("sub/c.webp")]
+    with pytest.raises(UsageError, match="no such file"):
+        collect_inputs([tmp_path / "nope"])
+
+
+def test_job_validation_messages():
+    Job(model="tiny").validate()
+    for kwargs, text in [
+        ({"strength": 0.0}, "--strength must be in (0, 1], got 0.0"),
+        ({"steps": 1, "strength": 0.5}, "int(steps * strength) = 0"),
+        ({"width": 100}, "--width must be a multiple of 8, got 100"),
+        ({"height": 4}, "--height must be in [8, 8192], got 4"),
+        ({"seed": 2**32}, "--seed must be in"),
+        ({"scheduler": "Euler z"}, "--scheduler: unknown scheduler 'Euler z'"),
+    ]:
+        with pytest.raises(UsageError) as e:
+            Job(**kwargs).validate()
+        assert text in str(e.value)
+    assert parse_size("512x768") == (512, 768) and parse_size(" 64 X 32 ") == (64, 32)
+    with pytest.raises(UsageError, match="--size"):
+        parse_size("512")
+
+
+def test_style_templates():
+    s = parse_style("# c\nprompt: oil painting of {prompt}, impasto\nnegative: blurry\n", "oil", "--style")
+    assert s.apply("a cat", "") == ("oil painting of a cat, impasto", "blurry")
+    assert s.apply("a cat", "text") == ("oil painting of a cat, impasto", "text, blurry")
+    assert Style("x", prompt="masterpiece").apply("a cat", "") == ("a cat, masterpiece", "")
+    with pytest.raises(UsageError, match="line 2"):
+        parse_style("prompt: a\ncolour: red\n", "bad", "--prompt-file")
