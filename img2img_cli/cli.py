@@ -106,6 +106,10 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object per wr
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Style = Annotated[Optional[str], typer.Option("--style", help="Style preset from prompts/ (see `img2img styles`).", show_default=False)]
 PromptFile = Annotated[Optional[Path], typer.Option("--prompt-file", help="Style preset file (prompt: / negative: lines with {prompt}).", show_default=False)]
+BatchSize = Annotated[str, typer.Option("--batch-size", "-b", help="Images per pipeline call, or auto (8 on CUDA for SD 1.x, 1 for SD-size models on CPU; see README).")]
+Report = Annotated[Optional[Path], typer.Option("--report", help="Append one JSON line per input (status, outputs, seed, parameters, error, seconds) to this file.", show_default=False)]
+Jobs = Annotated[Optional[Path], typer.Option("--jobs", help="CSV or JSONL file of inputs with per-row prompt, negative_prompt, seed, strength, steps, guidance_scale, output.", show_default=False)]
+Sidecar = Annotated[bool, typer.Option("--prompt-from-sidecar", help="Use photo.txt next to photo.jpg as its prompt (falls back to --prompt).")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse inputs with more pixels than this (decompression bombs).")]
 
 
@@ -161,6 +165,10 @@ def run(
     style: Style = None,
     prompt_file: PromptFile = None,
     max_pixels: MaxPixels = 100_000_000,
+    batch_size: BatchSize = "auto",
+    report: Report = None,
+    jobs: Jobs = None,
+    prompt_from_sidecar: Sidecar = False,
 ) -> None:
     """Run image-to-image on each INPUT (files or folders) and write the results."""
     _setup_logging(quiet)
@@ -169,37 +177,46 @@ def run(
     except Img2ImgError as e:
         _fail(e)
         return
-    if not quiet:
+    if summary.is_main and (not quiet or summary.interrupted):
         typer.echo(summary.line(), err=True)
     raise typer.Exit(summary.exit_code)
 
 
 def _run(**o):
-    from .batch import RunOptions, collect_inputs, run as run_batch
+    from .batch import OutputPlan, RunOptions, collect_inputs, plan_work, run as run_batch
     from .io import display
 
     if o["max_pixels"] < 1:
         raise UsageError(f"--max-pixels must be at least 1, got {o['max_pixels']}")
-    if not o["inputs"]:
-        raise UsageError("no inputs: give one or more image files or folders")
+    if o["jobs"] is not None and o["inputs"]:
+        raise UsageError("--jobs and INPUT arguments contradict each other; list the inputs in the jobs file")
+    if not o["inputs"] and o["jobs"] is None:
+        raise UsageError("no inputs: give one or more image files or folders (or --jobs FILE)")
     if o["overwrite"] and o["skip_existing"]:
         raise UsageError("--overwrite and --skip-existing contradict each other; pass one")
+    batch_size = None
+    if str(o["batch_size"]).strip().lower() != "auto":
+        try:
+            batch_size = int(o["batch_size"])
+        except ValueError:
+            batch_size = 0
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be a positive integer or auto, got {o['batch_size']!r}")
     width, height = o["width"], o["height"]
     if o["size"]:
         if width or height:
             raise UsageError("--size and --width/--height contradict each other; pass one")
         width, height = parse_size(o["size"])
-    prompt, negative = o["prompt"], o["negative_prompt"]
     if o["style"] and o["prompt_file"]:
         raise UsageError("--style and --prompt-file contradict each other; pass one")
+    style = None
     if o["style"] or o["prompt_file"]:
         from .styles import load_prompt_file, load_style
 
-        preset = load_style(o["style"]) if o["style"] else load_prompt_file(o["prompt_file"])
-        prompt, negative = preset.apply(prompt, negative)
+        style = load_style(o["style"]) if o["style"] else load_prompt_file(o["prompt_file"])
     job = Job(
-        prompt=prompt,
-        negative_prompt=negative,
+        prompt=o["prompt"],
+        negative_prompt=o["negative_prompt"],
         strength=o["strength"],
         steps=o["steps"],
         guidance_scale=o["guidance"],
@@ -219,11 +236,24 @@ def _run(**o):
         from .schedulers import canonical_name
 
         job = job.replace(scheduler=canonical_name(job.scheduler))
-    items = collect_inputs(o["inputs"], recursive=o["recursive"])
+    rows = None
+    if o["jobs"] is not None:
+        from .batch import InputItem
+        from .jobs import load_jobs
+
+        rows = load_jobs(o["jobs"], job)
+        items = [InputItem(r.input, Path(r.input.name)) for r in rows]
+    else:
+        items = collect_inputs(o["inputs"], recursive=o["recursive"])
+    plan = OutputPlan.make(o["output"], job.fmt, len(items) * job.num_images)
+    work = plan_work(job, items, plan, rows=rows, style=style, prompt_from_sidecar=o["prompt_from_sidecar"])
 
     from .models import resolve_model
 
     spec = resolve_model(job.model, o["model_config"])
+    from .models import resolve_device
+
+    device = resolve_device(job.device)
     show = not o["quiet"] and sys.stderr.isatty()
     opts = RunOptions(
         output=o["output"],
@@ -231,13 +261,15 @@ def _run(**o):
         skip_existing=o["skip_existing"],
         max_pixels=o["max_pixels"],
         progress=show,
+        batch_size=batch_size,
+        report=o["report"],
+        device=device,
     )
 
-    def load_pipe():
-        from .models import load_pipeline, native_resolution, resolve_device, resolve_dtype
+    def load_pipe(device):
+        from .models import load_pipeline, native_resolution, resolve_dtype
         from .schedulers import display_name
 
-        device = resolve_device(job.device)
         pipe = load_pipeline(spec, device=device, dtype=resolve_dtype(job.dtype, device), scheduler=job.scheduler, progress=show)
         return pipe, display_name(pipe.scheduler), spec.name, native_resolution(pipe)
 
@@ -248,7 +280,7 @@ def _run(**o):
         else:
             typer.echo(display(path))
 
-    return run_batch(job, items, opts, load_pipe=load_pipe, emit=emit)
+    return run_batch(work, opts, load_pipe=load_pipe, emit=emit)
 
 
 @app.command()

@@ -76,6 +76,44 @@ def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, background=(
         raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
 
 
+def probe_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an image as displayed (EXIF orientation applied), from its header
+    only: no pixel is decoded.
+
+    Raises:
+        InputError: as :func:`load_image`, for what the header alone shows.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    name = display(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(
+                    f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (--max-pixels)"
+                )
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except Exception:
+                orientation = 1
+            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name}: refused as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     return " ".join(text.split())
