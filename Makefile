@@ -30,5 +30,8 @@ test: $(STAMP)
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --runslow
 
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/folder.py --images 32 --steps 20 --strength 0.75
+
 clean:
 	rm -rf outputs .pytest_cache build *.egg-info

@@ -181,3 +181,13 @@ def test_env_default_model(tmp_path):
     r = runner.invoke(app, ["run", str(EXAMPLES / "chelsea.png"), *ARGS, "-o", str(out)], env={"IMG2IMG_MODEL": "tiny"})
     assert r.exit_code == 0, r.stderr
     assert "Model: tiny" in Image.open(out).info["parameters"]
+
+
+def test_pipeline_class_is_the_one_autopipeline_picks():
+    from diffusers import AutoPipelineForImage2Image
+
+    from img2img_cli.models import load_pipeline
+
+    ours = load_pipeline(resolve_model("tiny"), device="cpu", dtype=torch.float32)
+    auto = AutoPipelineForImage2Image.from_pretrained(str(TINY_DIR), local_files_only=True)
+    assert type(ours) is type(auto)
