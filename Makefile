@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/img2img run examples/chelsea.png --model tiny \
-		-p "a watercolor painting of a cat" --style watercolor --steps 20 --seed 42 -o outputs/
+		-p "a cat on a sofa" --style watercolor --steps 20 --seed 42 -o outputs/
 	@echo "(the tiny model is for plumbing and CI: its pictures are meaningless; use --model for a real one)" >&2
 
 test: $(STAMP)

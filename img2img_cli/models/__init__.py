@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,7 +317,9 @@ def load_pipeline(spec: ModelSpec, *, device: str, dtype, scheduler: str | None 
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
     pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    if progress:  # the per-step bar of the denoising loop, under the overall bar
+        dlogging.enable_progress_bar()
+    pipe.set_progress_bar_config(disable=not progress, leave=False, position=1, desc="steps", file=sys.stderr, dynamic_ncols=True)
     return pipe
 
 
