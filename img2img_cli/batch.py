@@ -14,6 +14,7 @@ the batch size or the process that ran it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from .io import (
     load_image,
     output_name,
     probe_size,
+    remove_stale_temp_files,
     resize_image,
     target_size,
 )
@@ -293,6 +295,7 @@ class Summary:
     seconds: float = 0.0
     interrupted: int = 0
     remaining: int = 0
+    fatal: str | None = None
     is_main: bool = True
     outcomes: list[Outcome] = field(default_factory=list)
 
@@ -311,6 +314,8 @@ class Summary:
         if self.interrupted:
             sig = "SIGINT" if self.interrupted == 130 else "SIGTERM"
             text += f"; interrupted by {sig}, {self.remaining} inputs left: rerun with --skip-existing to finish"
+        elif self.fatal:
+            text += f"; stopped: {self.fatal}; {self.remaining} inputs left: free space and rerun with --skip-existing"
         return text
 
 
@@ -326,6 +331,11 @@ class RunOptions:
     batch_size: int | None = None  # None: auto
     report: Path | None = None
     device: str = "cpu"
+    background: tuple[int, int, int] = (255, 255, 255)
+
+
+#: Output errors that stop the whole run (every later write would fail the same way).
+_FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class Interrupted(BaseException):
@@ -493,7 +503,9 @@ class _Runner:
         self.sampler = None
         self.model_name = None
         self.bar = None
-        self.images: dict[int, object] = {}
+        self.fatal: str | None = None
+        self.batch_size = 1
+        self.tiled = False
 
     # -- bookkeeping (called in the writer thread, or the main thread after it is drained)
 
@@ -551,10 +563,12 @@ class _Runner:
             if w.index in out:
                 continue
             try:
-                src = load_image(w.input.path, max_pixels=self.opts.max_pixels)
+                src = load_image(w.input.path, max_pixels=self.opts.max_pixels, background=self.opts.background, target=w.size)
                 out[w.index] = resize_image(src, *w.size, w.job.resize_mode)
             except InputError as e:
                 out[w.index] = e
+            except Exception as e:  # a Pillow plugin bug must not stop the folder
+                out[w.index] = InputError(f"{display(w.input.path)}: cannot decode image ({_short(e)})")
         return out
 
     def _save(self, unit: Unit, image, seconds: float) -> None:
@@ -576,6 +590,8 @@ class _Runner:
                 overwrite=self.opts.overwrite and not protect,
             )
         except OutputError as e:
+            if e.errno in _FATAL_ERRNOS and self.fatal is None:
+                self.fatal = str(e)
             self._unit_done(unit, None, str(e), seconds + time.perf_counter() - t0)
             return
         self._unit_done(unit, path, None, seconds + time.perf_counter() - t0)
@@ -585,8 +601,13 @@ class _Runner:
         return EXTENSION_FORMATS.get(path.suffix.lower(), "png")
 
     def _generate(self, pipe, batch: list[Unit], images: dict[int, object]):
-        """Run the denoiser on the units whose image loaded; on a failing batch, retry
-        one by one so one bad image does not fail its neighbours. Yields (unit, image|error)."""
+        """Run the denoiser on ``batch``; returns ``[(unit, PIL image | exception)]``.
+
+        Out of device memory: the batch is split in halves (and later batches use the smaller
+        size), then a single image is retried with VAE tiling, with a warning each time; an
+        image that still fails is reported failed and the run goes on. Any other error in a
+        batch is retried image by image, so one bad image does not fail its neighbours.
+        """
         from .pipeline import Request, generate
 
         def request(u: Unit) -> Request:
@@ -598,25 +619,38 @@ class _Runner:
         except (KeyboardInterrupt, Interrupted):
             raise
         except Exception as e:
-            if len(batch) == 1:
-                return [(batch[0], e)]
-            log.warning("a batch of %d failed (%s); retrying its images one by one", len(batch), e)
-            results = []
-            for u in batch:
-                try:
-                    results.extend(zip([u], generate(pipe, [request(u)])))
-                except (KeyboardInterrupt, Interrupted):
-                    raise
-                except Exception as e1:
-                    results.append((u, e1))
-            return results
+            oom = _is_oom(e)
+            if oom:
+                _free_device_memory()
+            if len(batch) > 1:
+                if oom:
+                    half = (len(batch) + 1) // 2
+                    self.batch_size = min(self.batch_size, half)
+                    log.warning("out of memory with a batch of %d; retrying in batches of %d", len(batch), half)
+                    return self._generate(pipe, batch[:half], images) + self._generate(pipe, batch[half:], images)
+                log.warning("a batch of %d failed (%s); retrying its images one by one", len(batch), _short(e))
+                out = []
+                for u in batch:
+                    out.extend(self._generate(pipe, [u], images))
+                return out
+            if oom and not self.tiled and hasattr(pipe, "vae") and hasattr(pipe.vae, "enable_tiling"):
+                log.warning("out of memory with a single image; retrying with VAE tiling")
+                pipe.vae.enable_tiling()
+                self.tiled = True
+                return self._generate(pipe, batch, images)
+            return [(batch[0], e)]
 
     def go(self, load_pipe, device: str) -> None:
         opts = self.opts
         self.inputs = {os.path.realpath(w.input.path) for w in self.todo}
         pipe, self.sampler, self.model_name, native = load_pipe(device)
         batch_size = opts.batch_size or auto_batch_size(device, native)
+        self.batch_size = batch_size
         log.info("batch size %d on %s", batch_size, device)
+        for folder in {w.outputs[0].parent for w in self.todo}:
+            n = remove_stale_temp_files(folder)
+            if n:
+                log.info("%s: removed %d temporary file(s) left by a killed run", display(folder), n)
 
         for w in self.todo:
             w.pending = w.job.num_images
@@ -650,6 +684,8 @@ class _Runner:
             for i in range(min(lookahead, len(batches))):
                 pending_reads.append(reader.submit(self._prepare, batches[i]))
             for i, batch in enumerate(batches):
+                if self.fatal is not None:
+                    break
                 images = pending_reads.pop(0).result()
                 if i + lookahead < len(batches):
                     pending_reads.append(reader.submit(self._prepare, batches[i + lookahead]))
@@ -664,7 +700,9 @@ class _Runner:
                     done_units += len(batch)
                     continue
                 t0 = time.perf_counter()
-                results = self._generate(pipe, ready, images)
+                results = []
+                for j in range(0, len(ready), self.batch_size):  # smaller after an out-of-memory
+                    results += self._generate(pipe, ready[j : j + self.batch_size], images)
                 per = (time.perf_counter() - t0) / len(ready)
                 for u, result in results:
                     if isinstance(result, BaseException):
@@ -687,5 +725,36 @@ class _Runner:
                 signal.signal(signal.SIGTERM, old_term)
             if self.bar is not None:
                 self.bar.close()
-        if self.summary.interrupted:
+        if self.fatal is not None:
+            self.summary.fatal = self.fatal
+        if self.summary.interrupted or self.fatal is not None:
             self.summary.remaining = sum(1 for w in self.todo if w.pending > 0)
+
+
+def _is_oom(e: BaseException) -> bool:
+    """Device out-of-memory (CUDA or MPS), whatever torch version raised it."""
+    try:
+        import torch
+
+        if isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+            return True
+    except ImportError:
+        pass
+    return "out of memory" in str(e).lower() and isinstance(e, RuntimeError)
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"

@@ -110,6 +110,7 @@ BatchSize = Annotated[str, typer.Option("--batch-size", "-b", help="Images per p
 Report = Annotated[Optional[Path], typer.Option("--report", help="Append one JSON line per input (status, outputs, seed, parameters, error, seconds) to this file.", show_default=False)]
 Jobs = Annotated[Optional[Path], typer.Option("--jobs", help="CSV or JSONL file of inputs with per-row prompt, negative_prompt, seed, strength, steps, guidance_scale, output.", show_default=False)]
 Sidecar = Annotated[bool, typer.Option("--prompt-from-sidecar", help="Use photo.txt next to photo.jpg as its prompt (falls back to --prompt).")]
+Background = Annotated[str, typer.Option("--background", help="Colour that transparent areas are composited onto: a name, #RRGGBB or R,G,B.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse inputs with more pixels than this (decompression bombs).")]
 
 
@@ -169,6 +170,7 @@ def run(
     report: Report = None,
     jobs: Jobs = None,
     prompt_from_sidecar: Sidecar = False,
+    background: Background = "white",
 ) -> None:
     """Run image-to-image on each INPUT (files or folders) and write the results."""
     _setup_logging(quiet)
@@ -194,6 +196,7 @@ def _run(**o):
         raise UsageError("no inputs: give one or more image files or folders (or --jobs FILE)")
     if o["overwrite"] and o["skip_existing"]:
         raise UsageError("--overwrite and --skip-existing contradict each other; pass one")
+    background = _parse_colour(o["background"])
     batch_size = None
     if str(o["batch_size"]).strip().lower() != "auto":
         try:
@@ -264,6 +267,7 @@ def _run(**o):
         batch_size=batch_size,
         report=o["report"],
         device=device,
+        background=background,
     )
 
     def load_pipe(device):
@@ -281,6 +285,24 @@ def _run(**o):
             typer.echo(display(path))
 
     return run_batch(work, opts, load_pipe=load_pipe, emit=emit)
+
+
+def _parse_colour(text: str) -> tuple[int, int, int]:
+    """``white``, ``#ffffff``, ``#fff`` or ``255,255,255`` -> ``(255, 255, 255)``.
+
+    Raises:
+        UsageError: naming ``--background`` and the value.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 3 and all(p.isdigit() and int(p) <= 255 for p in parts):
+        return tuple(int(p) for p in parts)
+    from PIL import ImageColor
+
+    try:
+        rgb = ImageColor.getrgb(text.strip())
+    except ValueError:
+        raise UsageError(f"--background: not a colour: {text!r} (try white, #808080 or 128,128,128)") from None
+    return tuple(rgb[:3])
 
 
 @app.command()

@@ -39,6 +39,14 @@ class InputError(Img2ImgError):
 
 
 class OutputError(Img2ImgError):
-    """One output file cannot be written (folder not writable, disk full...)."""
+    """One output file cannot be written (folder not writable, disk full...).
+
+    ``errno`` is the underlying OS error number when there is one (``errno.ENOSPC`` for a
+    full disk, which stops the run rather than fail every remaining file).
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno

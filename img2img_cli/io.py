@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -31,15 +33,37 @@ def display(path: os.PathLike | str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(text, str) else repr(text)
 
 
-def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, background=(255, 255, 255)):
+def _open(path: Path, max_pixels: int):
+    """``Image.open`` (header only). Pillow's own decompression-bomb check (a warning above
+    ``Image.MAX_IMAGE_PIXELS``, an error above twice that) is replaced by the callers' check
+    against ``max_pixels``, made right after this and before any pixel is decoded, so that
+    ``--max-pixels`` is the one limit and its message names the flag."""
+    from PIL import Image
+
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{display(path)}: empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = None  # process-wide (thread-safe): our check replaces Pillow's
+    return Image.open(path)
+
+
+def load_image(
+    path: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background=(255, 255, 255),
+    target: tuple[int, int] | None = None,
+):
     """Read an image file as an 8-bit RGB ``PIL.Image``.
 
     Anything Pillow reads (PNG, JPEG, WebP, TIFF, BMP, GIF...); the first frame of an
     animated or multi-page file; EXIF orientation applied (``ImageOps.exif_transpose``);
-    16-bit images scaled to 8 bits; an alpha channel composited onto ``background``
-    (an ``(R, G, B)`` tuple of 0-255 ints).
+    16-bit images scaled to 8 bits; CMYK converted by Pillow (Adobe-inverted JPEGs included);
+    an alpha channel composited onto ``background`` (an ``(R, G, B)`` tuple of 0-255 ints).
 
     The header is checked against ``max_pixels`` (width x height) before any pixel is decoded.
+    With ``target`` (the output ``(width, height)``), a large JPEG is decoded at a reduced
+    scale (Pillow's ``draft``: 1/2, 1/4 or 1/8, never below the target), so a 24 MP photo
+    never costs 24 MP of RGB.
 
     Raises:
         InputError: one line naming the file: missing, unreadable, not an image, truncated,
@@ -49,7 +73,7 @@ def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, background=(
 
     name = display(path)
     try:
-        with Image.open(path) as im:
+        with _open(path, max_pixels) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(
@@ -57,6 +81,13 @@ def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, background=(
                 )
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
+            if target is not None and im.format == "JPEG":
+                tw, th = target
+                if _exif_orientation(im) in (5, 6, 7, 8):
+                    tw, th = th, tw
+                # draft keeps the scale at or above the requested size in both sides
+                scale = max(tw / w, th / h)
+                im.draft(None, (int(w * scale) + 1, int(h * scale) + 1))
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_rgb(im, background)
@@ -72,7 +103,17 @@ def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, background=(
         raise InputError(f"{name}: not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
         raise InputError(f"{name}: refused as a decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to decode it (lower --max-pixels)") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{name}: symbolic link loop") from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise InputError(f"{name}: permission denied") from None
+        if e.errno is not None:
+            raise InputError(f"{name}: cannot read ({e.strerror or _one_line(e)})") from None
+        raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
+    except (SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
 
 
@@ -87,17 +128,13 @@ def probe_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
 
     name = display(path)
     try:
-        with Image.open(path) as im:
+        with _open(path, max_pixels) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(
                     f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (--max-pixels)"
                 )
-            try:
-                orientation = im.getexif().get(0x0112, 1)
-            except Exception:
-                orientation = 1
-            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+            return (h, w) if _exif_orientation(im) in (5, 6, 7, 8) else (w, h)
     except InputError:
         raise
     except FileNotFoundError:
@@ -110,8 +147,36 @@ def probe_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
         raise InputError(f"{name}: not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
         raise InputError(f"{name}: refused as a decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to decode it (lower --max-pixels)") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{name}: symbolic link loop") from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise InputError(f"{name}: permission denied") from None
+        if e.errno is not None:
+            raise InputError(f"{name}: cannot read ({e.strerror or _one_line(e)})") from None
         raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
+    except (SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
+
+
+def _exif_orientation(im) -> int:
+    """EXIF orientation (1-8) without decoding pixels: for PNG only an eXIf chunk already
+    read with the header counts (``getexif()`` on a PNG would decode the whole image)."""
+    from PIL import Image
+
+    try:
+        if im.format == "PNG":
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(0x0112, 1))
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
 
 
 def _one_line(e: BaseException) -> str:
@@ -248,18 +313,59 @@ def free_name(path: Path) -> Path:
     raise OutputError(f"{display(path)}: no free file name left")
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+_TMP_RE = re.compile(r"^\.img2img-(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-.*\.tmp$")
+
+
+def temp_prefix() -> str:
+    """Prefix of this process's temporary files: ``.img2img-<host>-<pid>-`` (hidden)."""
+    return f".img2img-{_HOST}-{os.getpid()}-"
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete temporary files left in ``folder`` (not its subfolders) by img2img processes of
+    this host that no longer run (a SIGKILL or power cut mid-write). Files of live processes
+    and of other hosts (a shared output folder) are left alone. Returns how many were removed.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _TMP_RE.match(entry.name)
+        if not m or m.group("host") != _HOST:
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # someone else's live process
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def atomic_save(image, dest: Path, fmt: str, infotext: str, *, quality: int = 95, overwrite: bool = False) -> Path:
     """Write ``image`` with its infotext to ``dest`` atomically and return the path written.
 
-    The image is written to a hidden temporary file in ``dest``'s folder, flushed and
-    fsync'ed, then moved into place (``os.replace`` with ``overwrite``; otherwise
-    ``os.link``, which fails rather than replace a file, and the next free name
-    ``<stem>-0001<ext>`` is taken). A killed process leaves no truncated image under a
-    real name, and never an existing file replaced without ``overwrite``.
+    The image is written to a hidden temporary file in ``dest``'s folder
+    (:func:`temp_prefix`), flushed and fsync'ed, then moved into place (``os.replace`` with
+    ``overwrite``; otherwise ``os.link``, which fails rather than replace a file, and the
+    next free name ``<stem>-0001<ext>`` is taken). A killed process leaves no truncated image
+    under a real name, and never an existing file replaced without ``overwrite``.
 
     Raises:
-        OutputError: the folder cannot be created or written, the disk is full...; no
-            temporary file is left behind.
+        OutputError: the folder cannot be created or written, the disk is full (``errno``
+            set)...; no temporary file is left behind.
     """
     from .metadata import write_image
 
@@ -267,10 +373,10 @@ def atomic_save(image, dest: Path, fmt: str, infotext: str, *, quality: int = 95
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"{display(folder)}: cannot create output folder ({_one_line(e)})") from None
+        raise OutputError(f"{display(folder)}: cannot create output folder ({_one_line(e)})", e.errno) from None
     tmp = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".tmp", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(), suffix=".tmp", dir=folder)
         tmp = Path(tmp_name)
         os.close(fd)
         write_image(image, tmp, fmt, infotext, quality=quality)
@@ -297,7 +403,7 @@ def atomic_save(image, dest: Path, fmt: str, infotext: str, *, quality: int = 95
     except OutputError:
         raise
     except OSError as e:
-        raise OutputError(f"{display(dest)}: cannot write ({_one_line(e)})") from None
+        raise OutputError(f"{display(dest)}: cannot write ({_one_line(e)})", e.errno) from None
     except ValueError as e:  # e.g. infotext too long for a JPEG's EXIF segment
         raise OutputError(f"{display(dest)}: cannot write ({_one_line(e)})") from None
     finally:

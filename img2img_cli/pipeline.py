@@ -48,6 +48,11 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
     each image's noise depends only on its own seed (diffusers draws per-generator noise
     in ``prepare_latents`` and ``retrieve_latents``).
 
+    Non-finite guard: if a decoded image holds NaN or inf (the fp16 VAE overflow that gives
+    black images with SD 1.x and SDXL; see diffusers' ``force_upcast`` and the
+    ``madebyollin/sdxl-vae-fp16-fix`` notes), its final latents are decoded again with the
+    VAE in fp32 and a warning is logged; an image is never returned black without a word.
+
     Args:
         pipe: a loaded diffusers image-to-image pipeline.
         requests: 1 or more requests sharing :meth:`Request.batch_key`.
@@ -58,7 +63,7 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
 
     Raises:
         ValueError: the requests do not share a batch key.
-        FloatingPointError: the decoded image holds NaN or inf.
+        FloatingPointError: the denoised latents hold NaN or inf, or the fp32 decode does.
     """
     import torch
 
@@ -69,14 +74,14 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
         raise ValueError("requests in one batch must share size, strength, steps and guidance scale")
     first = requests[0]
     generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
-    kwargs = {}
-    if callback is not None:
+    final = {}
 
-        def on_step_end(_pipe, step, _timestep, tensors):
+    def on_step_end(_pipe, step, _timestep, tensors):
+        final["latents"] = tensors["latents"]
+        if callback is not None:
             callback(step + 1, getattr(_pipe, "_num_timesteps", None))
-            return tensors
+        return tensors
 
-        kwargs["callback_on_step_end"] = on_step_end
     with torch.inference_mode():
         out = pipe(
             prompt=[r.prompt for r in requests],
@@ -87,10 +92,51 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
             guidance_scale=first.guidance_scale,
             generator=generators,
             output_type="pt",
-            **kwargs,
+            callback_on_step_end=on_step_end,
         )
-    images = out.images  # (B, 3, H, W) in [0, 1]
-    if not torch.isfinite(images).all():
-        raise FloatingPointError("the decoded image holds NaN or inf values")
+        images = out.images  # (B, 3, H, W) in [0, 1]
+        bad = ~torch.isfinite(images.flatten(1)).all(dim=1)
+        if bad.any():
+            images = images.clone()
+            idx = bad.nonzero().flatten().tolist()
+            log.warning(
+                "%d image(s) decoded with NaN/inf in %s; decoding again with the VAE in fp32",
+                len(idx), str(pipe.vae.dtype).replace("torch.", ""),
+            )
+            latents = final.get("latents")
+            if latents is None or not torch.isfinite(latents[idx]).all():
+                raise FloatingPointError("the denoised latents hold NaN or inf values (try --dtype fp32 or bf16)")
+            images[idx] = decode_fp32(pipe, latents[idx]).to(images.dtype).to(images.device)
+            if not torch.isfinite(images).all():
+                raise FloatingPointError("the decoded image holds NaN or inf values even in fp32")
     arrays = pipe.image_processor.pt_to_numpy(images.float().cpu())  # (B, H, W, 3)
     return pipe.image_processor.numpy_to_pil(arrays)
+
+
+def decode_fp32(pipe, latents):
+    """Decode ``latents`` ``(B, 4, h, w)`` with the pipeline's VAE upcast to fp32; returns
+    ``(B, 3, 8h, 8w)`` images in ``[0, 1]`` (``vae_scale_factor`` times the latent size).
+
+    The un-scaling is the pipelines' own: ``latents / scaling_factor``, or with
+    ``latents_mean``/``latents_std`` in the VAE config ``latents * std / scaling_factor + mean``
+    (``StableDiffusionXLImg2ImgPipeline.__call__``).
+    """
+    import torch
+
+    vae = pipe.vae
+    cfg = vae.config
+    lat = latents.to(torch.float32)
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(lat.device)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(lat.device)
+        lat = lat * std_t / cfg.scaling_factor + mean_t
+    else:
+        lat = lat / cfg.scaling_factor
+    dtype = vae.dtype
+    vae.to(torch.float32)
+    try:
+        image = vae.decode(lat.to(vae.device), return_dict=False)[0]
+    finally:
+        vae.to(dtype)
+    return pipe.image_processor.postprocess(image, output_type="pt")

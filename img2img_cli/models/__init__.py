@@ -133,7 +133,29 @@ def _resolve_hub(repo_id: str) -> ModelSpec:
             f"--model {repo_id}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
             f"download it first (`hf download {repo_id}`) or pass a local folder or .safetensors file"
         )
+    if not _hub_reachable():
+        raise ModelError(
+            f"--model {repo_id}: not in the Hugging Face cache and the hub cannot be reached; "
+            f"download it where there is a network (`hf download {repo_id}`) or pass a local folder or .safetensors file"
+        )
     return ModelSpec("hub", repo_id, repo_id, cached=False)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint (``HF_ENDPOINT``, default huggingface.co)
+    opens within ``timeout`` seconds: without a network we fail in seconds instead of waiting
+    on huggingface_hub's download retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _offline() -> bool:
@@ -291,7 +313,7 @@ def load_pipeline(spec: ModelSpec, *, device: str, dtype, scheduler: str | None 
         if spec.kind == "file":
             pipe = _load_single_file(spec, dtype)
         else:
-            kwargs: dict = {"dtype": dtype}
+            kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
             index = {}
             if spec.kind == "folder":
                 index = _read_json(Path(spec.source) / "model_index.json")
