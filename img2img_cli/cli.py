@@ -114,14 +114,38 @@ Background = Annotated[str, typer.Option("--background", help="Colour that trans
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse inputs with more pixels than this (decompression bombs).")]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (so test runners that
+    swap it, and redirections, see our warnings)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(
-        level=logging.ERROR if quiet else logging.WARNING,
-        format="img2img: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Our warnings as ``img2img: warning: ...`` lines on stderr; library chatter silenced."""
+    logger = logging.getLogger("img2img_cli")
+    for h in list(logger.handlers):
+        if isinstance(h, _StderrHandler):
+            logger.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("img2img: %(levelname)s: %(message)s".replace("%(levelname)s", "%(levelname_lower)s")))
+    handler.addFilter(_lower_level)
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    logger.propagate = False
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def _lower_level(record: logging.LogRecord) -> bool:
+    record.levelname_lower = record.levelname.lower()
+    return True
 
 
 def _fail(e: Img2ImgError) -> None:

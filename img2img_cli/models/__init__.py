@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,30 +308,13 @@ def load_pipeline(spec: ModelSpec, *, device: str, dtype, scheduler: str | None 
     # Weight-loading bars and info chatter from the libraries are not ours to show.
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()
-    dlogging.set_verbosity_error()
-    tlogging.set_verbosity_error()
+    # Their errors reach us as exceptions, reported in one line; their log lines would repeat them.
+    dlogging.set_verbosity(dlogging.CRITICAL)
+    tlogging.set_verbosity(tlogging.CRITICAL)
     try:
-        if spec.kind == "file":
-            pipe = _load_single_file(spec, dtype)
-        else:
-            kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
-            index = {}
-            if spec.kind == "folder":
-                index = _read_json(Path(spec.source) / "model_index.json")
-            elif spec.cached:
-                from huggingface_hub import try_to_load_from_cache
-
-                cached = try_to_load_from_cache(spec.source, "model_index.json")
-                index = _read_json(Path(cached)) if isinstance(cached, str) else {}
-            if spec.kind == "folder" or spec.cached:
-                kwargs["local_files_only"] = True
-            if "safety_checker" in index:
-                kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-            # The img2img class named by model_index.json, as AutoPipelineForImage2Image maps it;
-            # importing just that class is ~1 s faster than importing the auto-pipeline tables.
-            cls_name = IMG2IMG_CLASSES.get(index.get("_class_name", ""))
-            cls = getattr(diffusers, cls_name) if cls_name else diffusers.AutoPipelineForImage2Image
-            pipe = cls.from_pretrained(spec.source, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation and pickle-protocol chatter
+            pipe = _load(spec, dtype)
     except (ModelError, UsageError):
         raise
     except Exception as e:
@@ -342,6 +326,34 @@ def load_pipeline(spec: ModelSpec, *, device: str, dtype, scheduler: str | None 
     if progress:  # the per-step bar of the denoising loop, under the overall bar
         dlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=not progress, leave=False, position=1, desc="steps", file=sys.stderr, dynamic_ncols=True)
+    return pipe
+
+
+def _load(spec: ModelSpec, dtype):
+    """Build the pipeline for ``spec`` (no device move). Raises whatever diffusers raises."""
+    import diffusers
+
+    if spec.kind == "file":
+        pipe = _load_single_file(spec, dtype)
+    else:
+        kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
+        index = {}
+        if spec.kind == "folder":
+            index = _read_json(Path(spec.source) / "model_index.json")
+        elif spec.cached:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec.source, "model_index.json")
+            index = _read_json(Path(cached)) if isinstance(cached, str) else {}
+        if spec.kind == "folder" or spec.cached:
+            kwargs["local_files_only"] = True
+        if "safety_checker" in index:
+            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        # The img2img class named by model_index.json, as AutoPipelineForImage2Image maps it;
+        # importing just that class is ~1 s faster than importing the auto-pipeline tables.
+        cls_name = IMG2IMG_CLASSES.get(index.get("_class_name", ""))
+        cls = getattr(diffusers, cls_name) if cls_name else diffusers.AutoPipelineForImage2Image
+        pipe = cls.from_pretrained(spec.source, **kwargs)
     return pipe
 
 
