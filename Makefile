@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench bench-cpu bench-gpu clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/folder.py --images 32 --steps 20 --strength 0.75
+
+bench-cpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/cpu.py
+
+bench-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf outputs .pytest_cache build *.egg-info

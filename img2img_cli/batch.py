@@ -332,6 +332,7 @@ class RunOptions:
     report: Path | None = None
     device: str = "cpu"
     background: tuple[int, int, int] = (255, 255, 255)
+    static_shapes: bool = False  # --compile: pad batches to a fixed size, bucket sizes to 64 px
 
 
 #: Output errors that stop the whole run (every later write would fail the same way).
@@ -658,7 +659,7 @@ class _Runner:
         for w in self.todo:
             try:
                 src = probe_size(w.input.path, max_pixels=opts.max_pixels)
-                w.size = target_size(src, native, w.job.width, w.job.height)
+                w.size = target_size(src, native, w.job.width, w.job.height, multiple=64 if opts.static_shapes else 8)
             except InputError as e:
                 self._fail_item(w, str(e))
         batches = self._batches(batch_size)
@@ -702,7 +703,13 @@ class _Runner:
                 t0 = time.perf_counter()
                 results = []
                 for j in range(0, len(ready), self.batch_size):  # smaller after an out-of-memory
-                    results += self._generate(pipe, ready[j : j + self.batch_size], images)
+                    chunk = ready[j : j + self.batch_size]
+                    if opts.static_shapes and len(chunk) < self.batch_size:
+                        # pad with repeats so a compiled graph sees one batch shape; extra results dropped
+                        padded = chunk + [chunk[-1]] * (self.batch_size - len(chunk))
+                        results += self._generate(pipe, padded, images)[: len(chunk)]
+                    else:
+                        results += self._generate(pipe, chunk, images)
                 per = (time.perf_counter() - t0) / len(ready)
                 for u, result in results:
                     if isinstance(result, BaseException):

@@ -111,6 +111,11 @@ Report = Annotated[Optional[Path], typer.Option("--report", help="Append one JSO
 Jobs = Annotated[Optional[Path], typer.Option("--jobs", help="CSV or JSONL file of inputs with per-row prompt, negative_prompt, seed, strength, steps, guidance_scale, output.", show_default=False)]
 Sidecar = Annotated[bool, typer.Option("--prompt-from-sidecar", help="Use photo.txt next to photo.jpg as its prompt (falls back to --prompt).")]
 Background = Annotated[str, typer.Option("--background", help="Colour that transparent areas are composited onto: a name, #RRGGBB or R,G,B.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and VAE decoder (static shapes: batches padded, short side bucketed to a multiple of 64).")]
+ChannelsLast = Annotated[bool, typer.Option("--channels-last", help="UNet and VAE in channels_last memory format.")]
+FuseQkv = Annotated[bool, typer.Option("--fuse-qkv", help="Fuse the attention Q, K, V projections into one matmul.")]
+Offload = Annotated[Optional[Literal["model", "sequential"]], typer.Option("--offload", help="CPU offload for small GPUs: model (one component on the GPU at a time) or sequential (layer by layer).", show_default=False)]
+VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="Decode/encode the VAE in tiles (large images in little GPU memory).")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse inputs with more pixels than this (decompression bombs).")]
 
 
@@ -195,6 +200,11 @@ def run(
     jobs: Jobs = None,
     prompt_from_sidecar: Sidecar = False,
     background: Background = "white",
+    compile_: Compile = False,
+    channels_last: ChannelsLast = False,
+    fuse_qkv: FuseQkv = False,
+    offload: Offload = None,
+    vae_tiling: VaeTiling = False,
 ) -> None:
     """Run image-to-image on each INPUT (files or folders) and write the results."""
     _setup_logging(quiet)
@@ -292,13 +302,20 @@ def _run(**o):
         report=o["report"],
         device=device,
         background=background,
+        static_shapes=o["compile_"],
+    )
+    from .models import Speed
+
+    speed = Speed(
+        compile=o["compile_"], channels_last=o["channels_last"], fuse_qkv=o["fuse_qkv"],
+        offload=o["offload"], vae_tiling=o["vae_tiling"],
     )
 
     def load_pipe(device):
         from .models import load_pipeline, native_resolution, resolve_dtype
         from .schedulers import display_name
 
-        pipe = load_pipeline(spec, device=device, dtype=resolve_dtype(job.dtype, device), scheduler=job.scheduler, progress=show)
+        pipe = load_pipeline(spec, device=device, dtype=resolve_dtype(job.dtype, device), scheduler=job.scheduler, progress=show, speed=speed)
         return pipe, display_name(pipe.scheduler), spec.name, native_resolution(pipe)
 
     def emit(outcome, path, seed, seconds):

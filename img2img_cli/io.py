@@ -210,15 +210,22 @@ def _to_rgb(im, background):
     return im
 
 
-def round8(x: float) -> int:
-    """``x`` rounded down to a multiple of 8, at least 8."""
-    return max(8, int(x) // 8 * 8)
+def round8(x: float, multiple: int = 8) -> int:
+    """``x`` rounded down to a multiple of ``multiple`` (8 by default), at least ``multiple``."""
+    return max(multiple, int(x) // multiple * multiple)
 
 
 def target_size(
-    src_size: tuple[int, int], native: int, width: int | None = None, height: int | None = None
+    src_size: tuple[int, int],
+    native: int,
+    width: int | None = None,
+    height: int | None = None,
+    multiple: int = 8,
 ) -> tuple[int, int]:
     """Output ``(width, height)`` in pixels, multiples of 8.
+
+    ``multiple`` (64 with ``--compile``) is what a derived side is rounded down to: fewer
+    distinct sizes in a folder, so fewer compiled graphs.
 
     - both ``width`` and ``height`` given: used as they are;
     - one given: the other follows the source aspect ratio, rounded down to a multiple of 8;
@@ -230,12 +237,12 @@ def target_size(
     if width and height:
         return width, height
     if width:
-        return width, round8(width * sh / sw)
+        return width, round8(width * sh / sw, multiple)
     if height:
-        return round8(height * sw / sh), height
+        return round8(height * sw / sh, multiple), height
     if sw >= sh:
-        return round8(native), round8(native * sh / sw)
-    return round8(native * sw / sh), round8(native)
+        return round8(native), round8(native * sh / sw, multiple)
+    return round8(native * sw / sh, multiple), round8(native)
 
 
 def resize_image(im, width: int, height: int, mode: str = "crop"):

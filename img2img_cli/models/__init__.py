@@ -274,7 +274,28 @@ def resolve_dtype(dtype: str, device: str):
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if dtype == "auto":
         return torch.float16 if device in ("cuda", "mps") else torch.float32
+    if device == "cpu" and dtype in ("bf16", "fp16") and not cpu_has_native(dtype):
+        log.warning(
+            "--dtype %s: this CPU has no native %s arithmetic (%s); it is emulated and much slower "
+            "than fp32 (measured: 30x slower for the SD 1.5 UNet on an AVX2 CPU)",
+            dtype, dtype, torch.backends.cpu.get_cpu_capability(),
+        )
     return table[dtype]
+
+
+def cpu_has_native(dtype: str) -> bool:
+    """Whether oneDNN runs ``dtype`` (``bf16`` or ``fp16``) natively on this CPU (AVX512-BF16 /
+    AMX / AVX512-FP16); on plain AVX2 it is emulated. Uses ``torch.ops.mkldnn._is_mkldnn_*_supported``."""
+    import torch
+
+    try:
+        if dtype == "bf16":
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if dtype == "fp16":
+            return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except Exception:
+        return False
+    return True
 
 
 def _read_json(path: Path) -> dict:
@@ -284,7 +305,71 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def load_pipeline(spec: ModelSpec, *, device: str, dtype, scheduler: str | None = None, progress: bool = False):
+@dataclass(frozen=True)
+class Speed:
+    """Speed settings applied after loading (all off by default: the plain path is diffusers'
+    own, bit for bit).
+
+    Attributes:
+        compile: ``torch.compile`` the UNet and the VAE decoder (``fullgraph``, static shapes;
+            the batch runner pads batches to a fixed size and buckets sizes so a folder does
+            not recompile after warm-up).
+        channels_last: UNet and VAE in ``torch.channels_last`` memory format.
+        fuse_qkv: diffusers' ``fuse_qkv_projections()`` (one matmul for Q, K and V).
+        offload: ``"model"`` (``enable_model_cpu_offload``: one component on the GPU at a time)
+            or ``"sequential"`` (``enable_sequential_cpu_offload``: layer by layer, slowest,
+            least memory); ``None`` keeps everything on the device.
+        vae_tiling: decode and encode the VAE in tiles (``vae.enable_tiling()``): large images
+            in little memory.
+    """
+
+    compile: bool = False
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    offload: str | None = None
+    vae_tiling: bool = False
+
+
+def apply_speed(pipe, speed: Speed, device: str):
+    """Move ``pipe`` to ``device`` (or set up offloading) and apply ``speed``; returns ``pipe``.
+
+    Raises:
+        UsageError: ``offload`` without a CUDA device.
+    """
+    import torch
+
+    if speed.offload:
+        if not device.startswith("cuda"):
+            raise UsageError(f"--offload {speed.offload}: needs a CUDA device (got {device})")
+        if speed.offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
+    if speed.fuse_qkv:
+        pipe.fuse_qkv_projections()
+    if speed.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if speed.vae_tiling:
+        pipe.vae.enable_tiling()
+    if speed.compile:
+        mode = "max-autotune" if device.startswith("cuda") else None
+        pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True, dynamic=False)
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=mode, fullgraph=True, dynamic=False)
+    return pipe
+
+
+def load_pipeline(
+    spec: ModelSpec,
+    *,
+    device: str,
+    dtype,
+    scheduler: str | None = None,
+    progress: bool = False,
+    speed: Speed | None = None,
+):
     """Load the image-to-image pipeline for ``spec`` onto ``device`` in ``dtype``.
 
     ``AutoPipelineForImage2Image`` for folders and hub ids (SD 1.x / 2.x give
@@ -322,7 +407,7 @@ def load_pipeline(spec: ModelSpec, *, device: str, dtype, scheduler: str | None 
         raise ModelError(f"--model {spec.source}: cannot load ({type(e).__name__}: {reason})") from e
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
-    pipe = pipe.to(device)
+    pipe = apply_speed(pipe, speed or Speed(), device)
     if progress:  # the per-step bar of the denoising loop, under the overall bar
         dlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=not progress, leave=False, position=1, desc="steps", file=sys.stderr, dynamic_ncols=True)
