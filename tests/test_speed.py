@@ -1,0 +1,74 @@
+"""Speed settings: they keep the pictures (within a stated tolerance) and fail clearly where
+they cannot apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from img2img_cli.cli import app
+from img2img_cli.io import target_size
+from img2img_cli.models import cpu_has_native
+
+from .conftest import EXAMPLES
+
+runner = CliRunner()
+FAST = ["--model", "tiny", "--steps", "6", "--seed", "3", "-p", "a painting"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_channels_last_and_fused_qkv_keep_the_pixels(tmp_path):
+    plain, fast = tmp_path / "plain.png", tmp_path / "fast.png"
+    assert invoke("run", EXAMPLES / "coffee.png", *FAST, "-o", plain).exit_code == 0
+    r = invoke("run", EXAMPLES / "coffee.png", *FAST, "--channels-last", "--fuse-qkv", "-o", fast)
+    assert r.exit_code == 0, r.stderr
+    # same math in another memory layout / one fused matmul: float rounding only (measured: max 1/255)
+    assert np.abs(pixels(plain) - pixels(fast)).max() <= 2
+
+
+def test_vae_tiling_runs_and_changes_only_the_decode(tmp_path):
+    plain, tiled = tmp_path / "plain.png", tmp_path / "tiled.png"
+    assert invoke("run", EXAMPLES / "coffee.png", *FAST, "-o", plain).exit_code == 0
+    r = invoke("run", EXAMPLES / "coffee.png", *FAST, "--vae-tiling", "-o", tiled)
+    assert r.exit_code == 0, r.stderr
+    # tiles (32 px for the tiny VAE) are blended at their seams: a visible but bounded change
+    d = np.abs(pixels(plain) - pixels(tiled))
+    assert 0 < d.mean() < 20
+
+
+def test_offload_needs_cuda(tmp_path):
+    r = invoke("run", EXAMPLES / "coffee.png", *FAST, "--device", "cpu", "--offload", "model", "-o", tmp_path / "o.png")
+    assert r.exit_code == 2 and "--offload model: needs a CUDA device" in r.stderr
+
+
+def test_emulated_bf16_is_warned_about(tmp_path):
+    r = invoke("run", EXAMPLES / "coffee.png", *FAST, "--dtype", "bf16", "-o", tmp_path / "o.png")
+    assert r.exit_code == 0, r.stderr
+    assert ("emulated" in r.stderr) == (not cpu_has_native("bf16"))
+
+
+def test_compile_buckets_sizes():
+    assert target_size((451, 300), 512, multiple=64) == (512, 320)
+    assert target_size((300, 451), 512, multiple=64) == (320, 512)
+    assert target_size((640, 427), 1024, multiple=64) == (1024, 640)
+
+
+@pytest.mark.slow
+def test_compile_matches_eager_and_pads_batches(tmp_path, photos):
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    args = [photos, *FAST, "--batch-size", "3"]
+    r = invoke("run", *args, "--size", "64x64", "-o", eager)
+    assert r.exit_code == 0, r.stderr
+    r = invoke("run", *args, "--size", "64x64", "--compile", "-o", compiled)  # 4 images: a batch of 3, one padded to 3
+    assert r.exit_code == 0, r.stderr
+    for f in eager.iterdir():
+        assert np.abs(pixels(f) - pixels(compiled / f.name)).max() <= 2
