@@ -142,7 +142,7 @@ def _setup_logging(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("img2img: %(levelname)s: %(message)s".replace("%(levelname)s", "%(levelname_lower)s")))
     handler.addFilter(_lower_level)
     logger.addHandler(handler)
-    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    logger.setLevel(logging.WARNING)  # --quiet hides bars and the summary, never a warning
     logger.propagate = False
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
