@@ -69,16 +69,12 @@ def load_image(
         InputError: one line naming the file: missing, unreadable, not an image, truncated,
             too many pixels.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     name = display(path)
     try:
         with _open(path, max_pixels) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise InputError(
-                    f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (--max-pixels)"
-                )
+            w, h = _checked_size(im, name, max_pixels)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             if target is not None and im.format == "JPEG":
@@ -91,30 +87,8 @@ def load_image(
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_rgb(im, background)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{name}: permission denied") from None
-    except IsADirectoryError:
-        raise InputError(f"{name}: is a directory") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{name}: not an image Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{name}: refused as a decompression bomb ({e})") from None
-    except MemoryError:
-        raise InputError(f"{name}: not enough memory to decode it (lower --max-pixels)") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise InputError(f"{name}: symbolic link loop") from None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise InputError(f"{name}: permission denied") from None
-        if e.errno is not None:
-            raise InputError(f"{name}: cannot read ({e.strerror or _one_line(e)})") from None
-        raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
-    except (SyntaxError, ValueError, EOFError) as e:
-        raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
+    except Exception as e:
+        raise _input_error(name, e) from None
 
 
 def probe_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -124,41 +98,52 @@ def probe_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
     Raises:
         InputError: as :func:`load_image`, for what the header alone shows.
     """
-    from PIL import Image, UnidentifiedImageError
-
     name = display(path)
     try:
         with _open(path, max_pixels) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise InputError(
-                    f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (--max-pixels)"
-                )
+            w, h = _checked_size(im, name, max_pixels)
             return (h, w) if _exif_orientation(im) in (5, 6, 7, 8) else (w, h)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{name}: permission denied") from None
-    except IsADirectoryError:
-        raise InputError(f"{name}: is a directory") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{name}: not an image Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{name}: refused as a decompression bomb ({e})") from None
-    except MemoryError:
-        raise InputError(f"{name}: not enough memory to decode it (lower --max-pixels)") from None
-    except OSError as e:
+    except Exception as e:
+        raise _input_error(name, e) from None
+
+
+def _checked_size(im, name: str, max_pixels: int) -> tuple[int, int]:
+    """``im.size`` from the header, refused above ``max_pixels`` (width x height).
+
+    Raises:
+        InputError: naming the file, its size and ``--max-pixels``.
+    """
+    w, h = im.size
+    if w * h > max_pixels:
+        raise InputError(f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (--max-pixels)")
+    return w, h
+
+
+def _input_error(name: str, e: BaseException) -> InputError:
+    """The one-line :class:`InputError` for what reading image ``name`` raised."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(e, InputError):
+        return e
+    if isinstance(e, FileNotFoundError):
+        return InputError(f"{name}: no such file")
+    if isinstance(e, PermissionError):
+        return InputError(f"{name}: permission denied")
+    if isinstance(e, IsADirectoryError):
+        return InputError(f"{name}: is a directory")
+    if isinstance(e, UnidentifiedImageError):
+        return InputError(f"{name}: not an image Pillow can read")
+    if isinstance(e, Image.DecompressionBombError):
+        return InputError(f"{name}: refused as a decompression bomb ({e})")
+    if isinstance(e, MemoryError):
+        return InputError(f"{name}: not enough memory to decode it (lower --max-pixels)")
+    if isinstance(e, OSError) and e.errno is not None:
         if e.errno == errno.ELOOP:
-            raise InputError(f"{name}: symbolic link loop") from None
+            return InputError(f"{name}: symbolic link loop")
         if e.errno in (errno.EACCES, errno.EPERM):
-            raise InputError(f"{name}: permission denied") from None
-        if e.errno is not None:
-            raise InputError(f"{name}: cannot read ({e.strerror or _one_line(e)})") from None
-        raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
-    except (SyntaxError, ValueError, EOFError) as e:
-        raise InputError(f"{name}: cannot decode image ({_one_line(e)})") from None
+            return InputError(f"{name}: permission denied")
+        return InputError(f"{name}: cannot read ({e.strerror or _one_line(e)})")
+    return InputError(f"{name}: cannot decode image ({_one_line(e)})")
 
 
 def _exif_orientation(im) -> int:
