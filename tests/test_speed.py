@@ -72,3 +72,22 @@ def test_compile_matches_eager_and_pads_batches(tmp_path, photos):
     assert r.exit_code == 0, r.stderr
     for f in eager.iterdir():
         assert np.abs(pixels(f) - pixels(compiled / f.name)).max() <= 2
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_matches_diffusers_fp16(tmp_path):
+    """On a GPU: the default CUDA path (fp16) gives diffusers' own fp16 pixels (within 2/255)."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from img2img_cli.models import TINY_DIR
+
+    src = tmp_path / "src.png"
+    Image.open(EXAMPLES / "chelsea.png").convert("RGB").resize((64, 64)).save(src)
+    out = tmp_path / "o.png"
+    r = invoke("run", src, *FAST, "--device", "cuda", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(TINY_DIR), torch_dtype=torch.float16).to("cuda")
+    ref = pipe(prompt="a painting", image=Image.open(src).convert("RGB"), strength=0.75, num_inference_steps=6,
+               guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(3)).images[0]
+    assert np.abs(pixels(out) - np.asarray(ref, dtype=np.int16)).max() <= 2
