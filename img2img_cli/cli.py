@@ -45,7 +45,11 @@ class _OneLineErrors(TyperGroup):
             typer.echo(e.ctx.get_help() if e.ctx else str(e))
             rv = 0
         except _cx.ClickException as e:
-            typer.echo(f"img2img: error: {' '.join(e.format_message().split())}", err=True)
+            message = " ".join(e.format_message().split())
+            value = _raw_value(e, args)
+            if value is not None and repr(value) not in message and value not in message:
+                message += f" (got {value!r})"
+            typer.echo(f"img2img: error: {message}", err=True)
             rv = e.exit_code
         except typer.Abort:
             typer.echo("img2img: aborted", err=True)
@@ -53,6 +57,23 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _raw_value(e, args) -> str | None:
+    """The command-line text given to the option a usage error is about, so the one-line
+    message names the bad value too (typer's own messages do not always)."""
+    param = getattr(e, "param", None)
+    opts = getattr(param, "opts", None) or []
+    argv = list(args) if args is not None else sys.argv[1:]
+    for i, token in enumerate(argv):
+        for opt in opts:
+            if not opt.startswith("-"):
+                continue
+            if token == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if token.startswith(opt + "="):
+                return token[len(opt) + 1 :]
+    return None
 
 
 app = typer.Typer(

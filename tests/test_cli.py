@@ -232,6 +232,7 @@ def test_input_is_never_written(tmp_path, photos):
         (["--strength", "0"], "--strength"),
         (["--strength", "1.5"], "--strength"),
         (["--steps", "0"], "--steps"),
+        (["--steps", "abc"], "--steps': Input should be a valid integer, unable to parse string as an integer (got 'abc')"),
         (["--width", "50"], "--width must be a multiple of 8, got 50"),
         (["--size", "big"], "--size"),
         (["--scheduler", "Euler z"], "--scheduler"),
