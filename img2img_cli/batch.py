@@ -444,6 +444,8 @@ def run(
     start = time.perf_counter()
     summary = Summary()
     report = _Report(opts.report)
+    # every input of the run, not just this process's share: none may be written over
+    inputs = frozenset(os.path.realpath(w.input.path) for w in work)
     state = None
     device = opts.device
     if _world_size() > 1:
@@ -473,7 +475,7 @@ def run(
             else:
                 todo.append(w)
         if todo:
-            _Runner(todo, opts, report, summary, emit).go(load_pipe, device)
+            _Runner(todo, opts, report, summary, emit, inputs).go(load_pipe, device)
         summary.outcomes = [w.outcome for w in work]
     finally:
         report.close()
@@ -481,12 +483,15 @@ def run(
     if state is not None:
         from accelerate.utils import gather_object
 
-        counts = gather_object([(summary.written, summary.skipped, summary.failed, summary.interrupted, summary.remaining)])
+        counts = gather_object(
+            [(summary.written, summary.skipped, summary.failed, summary.interrupted, summary.remaining, summary.fatal)]
+        )
         summary.written = sum(c[0] for c in counts)
         summary.skipped = sum(c[1] for c in counts)
         summary.failed = sum(c[2] for c in counts)
         summary.interrupted = max(c[3] for c in counts)
         summary.remaining = sum(c[4] for c in counts)
+        summary.fatal = next((c[5] for c in counts if c[5]), None)
         summary.seconds = time.perf_counter() - start
     return summary
 
@@ -494,8 +499,9 @@ def run(
 class _Runner:
     """The batched loop of one process: prefetch thread -> device (main thread) -> writer thread."""
 
-    def __init__(self, todo, opts: RunOptions, report: _Report, summary: Summary, emit):
+    def __init__(self, todo, opts: RunOptions, report: _Report, summary: Summary, emit, inputs: frozenset):
         self.todo = todo
+        self.inputs = inputs
         self.opts = opts
         self.report = report
         self.summary = summary
@@ -643,7 +649,6 @@ class _Runner:
 
     def go(self, load_pipe, device: str) -> None:
         opts = self.opts
-        self.inputs = {os.path.realpath(w.input.path) for w in self.todo}
         pipe, self.sampler, self.model_name, native = load_pipe(device)
         batch_size = opts.batch_size or auto_batch_size(device, native)
         self.batch_size = batch_size

@@ -211,11 +211,12 @@ def _single_file_config(path: Path, model_config: str | None) -> Path:
     try:
         from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
-        kind = infer_diffusers_model_type(_LazyCheckpoint(path))
+        ckpt = _LazyCheckpoint(path)  # one header read serves every check below
+        kind = infer_diffusers_model_type(ckpt)
         # diffusers answers 'v1' for anything it does not recognise: check a v1 key ourselves.
-        if kind == "v1" and _V1_KEY not in _LazyCheckpoint(path):
+        if kind == "v1" and _V1_KEY not in ckpt:
             kind = "unknown"
-        elif kind == "v2" and not _sd2_is_v_prediction(path):
+        elif kind == "v2" and not _sd2_is_v_prediction(ckpt):
             kind = "v2-base"
     except Exception as e:
         raise ModelError(f"--model {path}: cannot read checkpoint ({' '.join(str(e).split())})") from None
@@ -232,14 +233,13 @@ _V1_KEY = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
 _SD2_VPRED_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
 
 
-def _sd2_is_v_prediction(path: Path) -> bool:
+def _sd2_is_v_prediction(ckpt: "_LazyCheckpoint") -> bool:
     """Tell SD 2.x 768-v (v-prediction) from 512-base (epsilon): both have the same keys and shapes.
 
     ComfyUI's rule (``comfy/supported_models.py``, ``SD20.model_type``): v-prediction when the
     standard deviation of ``output_blocks.11.1.transformer_blocks.0.norm1.bias`` exceeds 0.09.
     Without that tensor, v-prediction (diffusers' own default for SD 2.x).
     """
-    ckpt = _LazyCheckpoint(path)
     if _SD2_VPRED_KEY not in ckpt:
         return True
     return float(ckpt[_SD2_VPRED_KEY].float().std()) > 0.09
