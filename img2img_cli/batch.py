@@ -513,6 +513,9 @@ class _Runner:
         self.fatal: str | None = None
         self.batch_size = 1
         self.tiled = False
+        self.pin = False  # pinned host memory for image tensors (CUDA)
+        self._kept: dict[int, object] = {}  # prepared images of items with units in later batches
+        self._last_batch: dict[int, int] = {}  # item index -> id() of the batch holding its last unit
 
     # -- bookkeeping (called in the writer thread, or the main thread after it is drained)
 
@@ -559,23 +562,37 @@ class _Runner:
         for units in groups.values():
             for i in range(0, len(units), batch_size):
                 batches.append(units[i : i + batch_size])
+        self._last_batch = {u.item.index: id(b) for b in batches for u in b}
         return batches
 
     def _prepare(self, batch: list[Unit]) -> dict[int, object]:
-        """Read and resize the images of ``batch`` (prefetch thread). Returns item index ->
-        PIL image or the :class:`InputError` it raised."""
+        """Read, resize and convert to tensors the images of ``batch`` (prefetch thread).
+
+        Returns item index -> float32 tensor ``(3, H, W)`` in ``[0, 1]`` (pinned when the
+        device is CUDA, so its upload does not block) or the :class:`InputError` it raised. An
+        item whose ``-N`` images span several batches is read once: it is kept until the batch
+        that holds its last image.
+        """
+        from .pipeline import to_tensor
+
         out: dict[int, object] = {}
         for u in batch:
             w = u.item
             if w.index in out:
                 continue
-            try:
-                src = load_image(w.input.path, max_pixels=self.opts.max_pixels, background=self.opts.background, target=w.size)
-                out[w.index] = resize_image(src, *w.size, w.job.resize_mode)
-            except InputError as e:
-                out[w.index] = e
-            except Exception as e:  # a Pillow plugin bug must not stop the folder
-                out[w.index] = InputError(f"{display(w.input.path)}: cannot decode image ({_short(e)})")
+            cached = self._kept.pop(w.index, None)
+            if cached is None:
+                try:
+                    src = load_image(w.input.path, max_pixels=self.opts.max_pixels, background=self.opts.background, target=w.size)
+                    cached = to_tensor(resize_image(src, *w.size, w.job.resize_mode), pin=self.pin)
+                except InputError as e:
+                    cached = e
+                except Exception as e:  # a Pillow plugin bug must not stop the folder
+                    cached = InputError(f"{display(w.input.path)}: cannot decode image ({_short(e)})")
+            out[w.index] = cached
+        for w in {u.item.index: u.item for u in batch}.values():
+            if self._last_batch.get(w.index) != id(batch):
+                self._kept[w.index] = out[w.index]
         return out
 
     def _save(self, unit: Unit, image, seconds: float) -> None:
@@ -652,6 +669,7 @@ class _Runner:
         pipe, self.sampler, self.model_name, native = load_pipe(device)
         batch_size = opts.batch_size or auto_batch_size(device, native)
         self.batch_size = batch_size
+        self.pin = device.startswith("cuda")
         log.info("batch size %d on %s", batch_size, device)
         for folder in {w.outputs[0].parent for w in self.todo}:
             n = remove_stale_temp_files(folder)

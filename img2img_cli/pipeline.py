@@ -21,7 +21,9 @@ class Request:
     """One image to generate.
 
     Attributes:
-        image: the source, a ``PIL.Image`` in RGB already at the output size (multiples of 8).
+        image: the source already at the output size (multiples of 8): a ``PIL.Image`` in RGB,
+            or the same as a float32 tensor ``(3, H, W)`` in ``[0, 1]`` from :func:`to_tensor`
+            (the batch runner makes those in its reader thread; the pixels are the same).
         prompt, negative_prompt: text; ``""`` for none.
         seed: in ``[0, 2**32 - 1]``; seeds a ``torch.Generator`` on the CPU, so the same seed
             gives the same noise on any device.
@@ -36,9 +38,44 @@ class Request:
     steps: int
     guidance_scale: float
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of :attr:`image` in pixels."""
+        if hasattr(self.image, "shape"):
+            return (int(self.image.shape[-1]), int(self.image.shape[-2]))
+        return self.image.size
+
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one pipeline call."""
-        return (self.image.size, self.strength, self.steps, self.guidance_scale)
+        return (self.size, self.strength, self.steps, self.guidance_scale)
+
+
+def to_tensor(image, *, pin: bool = False):
+    """A ``PIL.Image`` in RGB as a float32 tensor ``(3, H, W)`` in ``[0, 1]``.
+
+    The arithmetic is diffusers' own for PIL inputs (``VaeImageProcessor.pil_to_numpy``:
+    ``np.array(image).astype(np.float32) / 255``, then ``numpy_to_pt``), so a pipeline given this
+    tensor sees the same values as one given the image. It runs in the batch runner's reader
+    thread, off the thread that drives the device.
+
+    Args:
+        pin: put the tensor in page-locked (pinned) memory, so the copy to a CUDA device can be
+            asynchronous (``non_blocking=True``); needs a CUDA build of torch with a GPU.
+    """
+    import numpy as np
+    import torch
+
+    array = np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0  # (H, W, 3)
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    return tensor.pin_memory() if pin else tensor.contiguous()
+
+
+def _to_device_images(images: list, device):
+    """Tensor sources go to ``device`` with asynchronous copies (from pinned memory they do not
+    block the host); PIL sources are left to diffusers' own preprocessing."""
+    if not all(hasattr(i, "shape") for i in images):
+        return images
+    return [i.to(device, non_blocking=True) for i in images]
 
 
 def generate(pipe, requests: list[Request], *, callback=None) -> list:
@@ -59,7 +96,9 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
         callback: optional ``callback(step, total)`` after each denoising step.
 
     Returns:
-        ``len(requests)`` RGB images, each of its request's image size.
+        ``len(requests)`` RGB images, each of its request's image size. They are converted to
+        8 bits on the device (diffusers' ``numpy_to_pil`` arithmetic: ``round(x * 255)`` in fp32,
+        the same pixels), so only uint8 pixels cross back to the host.
 
     Raises:
         ValueError: the requests do not share a batch key.
@@ -86,7 +125,7 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
         out = pipe(
             prompt=[r.prompt for r in requests],
             negative_prompt=[r.negative_prompt for r in requests],
-            image=[r.image for r in requests],
+            image=_to_device_images([r.image for r in requests], pipe._execution_device),
             strength=first.strength,
             num_inference_steps=first.steps,
             guidance_scale=first.guidance_scale,
@@ -109,8 +148,20 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
             images[idx] = decode_fp32(pipe, latents[idx]).to(images.dtype).to(images.device)
             if not torch.isfinite(images).all():
                 raise FloatingPointError("the decoded image holds NaN or inf values even in fp32")
-    arrays = pipe.image_processor.pt_to_numpy(images.float().cpu())  # (B, H, W, 3)
-    return pipe.image_processor.numpy_to_pil(arrays)
+    return to_pil(images)
+
+
+def to_pil(images) -> list:
+    """``(B, 3, H, W)`` images in ``[0, 1]`` (any float dtype, any device) as RGB ``PIL.Image``s.
+
+    Same pixels as diffusers' ``pt_to_numpy`` + ``numpy_to_pil`` (fp32, ``* 255``, round half
+    to even, to uint8), computed where the tensor lives; one uint8 copy to the host.
+    """
+    import torch
+    from PIL import Image
+
+    u8 = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return [Image.fromarray(a) for a in u8]
 
 
 def decode_fp32(pipe, latents):

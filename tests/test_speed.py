@@ -91,3 +91,44 @@ def test_cuda_fp16_matches_diffusers_fp16(tmp_path):
     ref = pipe(prompt="a painting", image=Image.open(src).convert("RGB"), strength=0.75, num_inference_steps=6,
                guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(3)).images[0]
     assert np.abs(pixels(out) - np.asarray(ref, dtype=np.int16)).max() <= 2
+
+
+def test_tensor_sources_and_device_side_uint8_give_diffusers_pixels_exactly(tiny_pipe):
+    """The batch runner hands the pipeline float tensors made in its reader thread and turns the
+    result into 8 bits where it was computed: both must be diffusers' own pixels, bit for bit."""
+    import torch
+
+    from img2img_cli.pipeline import Request, generate, to_pil, to_tensor
+
+    src = Image.open(EXAMPLES / "chelsea.png").convert("RGB").resize((64, 48))
+    t = to_tensor(src)
+    assert t.shape == (3, 48, 64) and t.dtype == torch.float32
+    ref = tiny_pipe.image_processor.pil_to_numpy([src])[0]  # diffusers' own (H, W, 3) in [0, 1]
+    assert np.array_equal(t.permute(1, 2, 0).numpy(), ref)
+
+    def one(image):
+        return np.asarray(generate(tiny_pipe, [Request(image, "a painting", "", 7, 0.75, 6, 7.5)])[0])
+
+    direct = tiny_pipe(prompt="a painting", negative_prompt="", image=src, strength=0.75, num_inference_steps=6,
+                       guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(7)).images[0]
+    assert np.array_equal(one(t), np.asarray(direct))
+    assert np.array_equal(one(src), np.asarray(direct))
+
+    x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0)).half()
+    x[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.5 / 255])  # the ends, and a half-way rounding case
+    ours = [np.asarray(i) for i in to_pil(x)]
+    theirs = [np.asarray(i) for i in tiny_pipe.image_processor.numpy_to_pil(tiny_pipe.image_processor.pt_to_numpy(x))]
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_an_image_with_more_outputs_than_the_batch_is_read_once(tmp_path, photos, monkeypatch):
+    import img2img_cli.batch as batch
+
+    calls = []
+    real = batch.load_image
+    monkeypatch.setattr(batch, "load_image", lambda path, **k: calls.append(path.name) or real(path, **k))
+    r = invoke("run", photos / "coffee.png", photos / "camera.png", *FAST, "--steps", "2", "--size", "64x64",
+               "-N", "5", "--batch-size", "2", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    assert len(list((tmp_path / "out").iterdir())) == 10
+    assert sorted(calls) == ["camera.png", "coffee.png"]
