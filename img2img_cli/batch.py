@@ -298,6 +298,11 @@ class Summary:
     fatal: str | None = None
     is_main: bool = True
     outcomes: list[Outcome] = field(default_factory=list)
+    # where the time went (this process; None when nothing was generated):
+    load_seconds: float | None = None  # model load and set-up, from the start of the run
+    first_batch_seconds: float | None = None  # first pipeline call: compile and warm-up happen here
+    first_batch_images: int = 0
+    steady_rate: float | None = None  # images/s after the first batch (needs 2 or more batches)
 
     @property
     def exit_code(self) -> int:
@@ -316,6 +321,16 @@ class Summary:
             text += f"; interrupted by {sig}, {self.remaining} inputs left: rerun with --skip-existing to finish"
         elif self.fatal:
             text += f"; stopped: {self.fatal}; {self.remaining} inputs left: free space and rerun with --skip-existing"
+        return text
+
+    def timings_line(self) -> str | None:
+        """Where the time went, e.g. ``model load 3.1 s, first batch of 8 12.0 s, then 5.20
+        images/s``; ``None`` when nothing was generated."""
+        if self.load_seconds is None or self.first_batch_seconds is None:
+            return None
+        text = f"model load {self.load_seconds:.1f} s, first batch of {self.first_batch_images} {self.first_batch_seconds:.1f} s"
+        if self.steady_rate is not None:
+            text += f", then {self.steady_rate:.2f} images/s"
         return text
 
 
@@ -360,6 +375,14 @@ def auto_batch_size(device: str, native: int) -> int:
     if device.startswith("cpu"):
         return 8 if native <= 128 else 1
     return 1
+
+
+def _sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA), so that a time taken after it is true."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def _world_size() -> int:
@@ -475,7 +498,7 @@ def run(
             else:
                 todo.append(w)
         if todo:
-            _Runner(todo, opts, report, summary, emit, inputs).go(load_pipe, device)
+            _Runner(todo, opts, report, summary, emit, inputs).go(load_pipe, device, start)
         summary.outcomes = [w.outcome for w in work]
     finally:
         report.close()
@@ -664,9 +687,13 @@ class _Runner:
                 return self._generate(pipe, batch, images)
             return [(batch[0], e)]
 
-    def go(self, load_pipe, device: str) -> None:
+    def go(self, load_pipe, device: str, start: float) -> None:
         opts = self.opts
         pipe, self.sampler, self.model_name, native = load_pipe(device)
+        _sync(device)
+        self.summary.load_seconds = time.perf_counter() - start
+        first_end = last_end = None
+        later_images = 0
         batch_size = opts.batch_size or auto_batch_size(device, native)
         self.batch_size = batch_size
         self.pin = device.startswith("cuda")
@@ -733,7 +760,15 @@ class _Runner:
                         results += self._generate(pipe, padded, images)[: len(chunk)]
                     else:
                         results += self._generate(pipe, chunk, images)
-                per = (time.perf_counter() - t0) / len(ready)
+                now = time.perf_counter()
+                per = (now - t0) / len(ready)
+                if first_end is None:
+                    first_end = now
+                    self.summary.first_batch_seconds = now - t0
+                    self.summary.first_batch_images = len(ready)
+                else:
+                    later_images += len(ready)
+                    last_end = now
                 for u, result in results:
                     if isinstance(result, BaseException):
                         msg = f"{display(u.item.input.path)}: generation failed ({type(result).__name__}: {' '.join(str(result).split())})"
@@ -755,6 +790,8 @@ class _Runner:
                 signal.signal(signal.SIGTERM, old_term)
             if self.bar is not None:
                 self.bar.close()
+        if last_end is not None and last_end > first_end:
+            self.summary.steady_rate = later_images / (last_end - first_end)
         if self.fatal is not None:
             self.summary.fatal = self.fatal
         if self.summary.interrupted or self.fatal is not None:

@@ -132,3 +132,19 @@ def test_an_image_with_more_outputs_than_the_batch_is_read_once(tmp_path, photos
     assert r.exit_code == 0, r.stderr
     assert len(list((tmp_path / "out").iterdir())) == 10
     assert sorted(calls) == ["camera.png", "coffee.png"]
+
+
+def test_summary_says_where_the_time_went(tmp_path, photos):
+    import re
+
+    r = invoke("run", photos, *FAST, "--steps", "2", "--size", "64x64", "--batch-size", "2", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    m = re.search(r"model load ([\d.]+) s, first batch of 2 ([\d.]+) s, then ([\d.]+) images/s", r.stderr)
+    assert m, r.stderr
+    total = float(re.search(r"in ([\d.]+) s", r.stderr).group(1))
+    load, first, rate = (float(g) for g in m.groups())
+    assert 0 < load < total and 0 < first < total and rate > 0
+    # the second batch of 2 fits in what is left after the load and the first batch
+    assert load + first + 2 / rate <= total * 1.05 + 0.2  # printed to 0.1 s and 0.01 images/s
+    quiet = invoke("run", photos, *FAST, "--steps", "2", "--size", "64x64", "--quiet", "-o", tmp_path / "q")
+    assert quiet.exit_code == 0 and "model load" not in quiet.stderr
