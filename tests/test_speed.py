@@ -148,3 +148,17 @@ def test_summary_says_where_the_time_went(tmp_path, photos):
     assert load + first + 2 / rate <= total * 1.05 + 0.2  # printed to 0.1 s and 0.01 images/s
     quiet = invoke("run", photos, *FAST, "--steps", "2", "--size", "64x64", "--quiet", "-o", tmp_path / "q")
     assert quiet.exit_code == 0 and "model load" not in quiet.stderr
+
+
+@pytest.mark.parametrize("dtype, max_diff, min_psnr", [("bf16", 8, 45.0), ("fp16", 2, 55.0)])
+def test_half_precision_stays_within_the_stated_tolerance(tmp_path, dtype, max_diff, min_psnr):
+    """README, *Speed*: on the tiny model (64x64, 8 steps, 4 photos) bf16 is within max 4/255 of
+    fp32 (PSNR 49.9 dB), fp16 within 1/255 (~60 dB); the bounds leave room for other CPUs."""
+    ref, half = tmp_path / "fp32.png", tmp_path / f"{dtype}.png"
+    args = [EXAMPLES / "chelsea.png", *FAST, "--steps", "8", "--size", "64x64"]
+    assert invoke("run", *args, "--dtype", "fp32", "-o", ref).exit_code == 0
+    r = invoke("run", *args, "--dtype", dtype, "-o", half)
+    assert r.exit_code == 0, r.stderr
+    d = pixels(ref).astype(np.float64) - pixels(half)
+    psnr = 10 * np.log10(255.0**2 / max((d**2).mean(), 1e-12))
+    assert 0 < np.abs(d).max() <= max_diff and psnr >= min_psnr
