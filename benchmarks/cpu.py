@@ -11,13 +11,16 @@ Each contestant runs in its own process (peak resident memory from ``os.wait4``)
 - reference: ``StableDiffusionImg2ImgPipeline.from_pretrained(folder)`` as diffusers sets it
   up on a CPU (fp32), called twice (cold, then warm);
 - tool: ``img2img run photo --model folder --size 256x256 ... -N 2`` with the fastest CPU
-  settings (``--dtype bf16 --channels-last`` where the CPU runs bf16 natively, i.e.
-  AVX512-BF16 or AMX; ``--channels-last`` in fp32 on plain AVX2, where bf16 is emulated and
-  about 30x slower), the two images' pipeline times from ``--json``; and the tool with
+  settings (``--compile``: torch.compile of the UNet and VAE with inductor's weight freezing,
+  plus ``--dtype bf16`` where the CPU runs bf16 natively, i.e. AVX512-BF16 or AMX; on plain
+  AVX2 bf16 is emulated and about 30x slower), the two images' pipeline times from ``--json``
+  (the first one compiles: its excess over the second is the compile time); and the tool with
   ``--dtype fp32`` (no other setting) to show it gives diffusers' pixels.
 
-Prints the warm pipeline wall time of each, the speed ratio, peak RSS, and the difference
-between the outputs.
+Prints the warm pipeline wall time of each, the speed ratio, peak RSS, the difference between
+the outputs, and the compute floor: FLOPs per image (UNet calls x one CFG-batch-2 UNet call +
+VAE encode + decode, counted by ``benchmarks/gpu.py:count_flops`` on the meta device) against
+this CPU's fp32 peak, measured in the same run with a 2048x2048 matmul (``measure_peak``).
 
     python benchmarks/cpu.py [--steps 8] [--size 256] [--tool-args "--dtype bf16 --channels-last"]
 """
@@ -105,15 +108,14 @@ def main() -> None:
     ap.add_argument("--strength", type=float, default=0.75)
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--tool-args", default=None,
-                    help="the tool's settings (default: --dtype bf16 --channels-last where the CPU has native "
-                         "bf16, else --channels-last: emulated bf16 is ~30x slower; torch.compile measured ~3%% "
-                         "faster after 139 s of compiling, so not used)")
+                    help="the tool's settings (default: --compile, plus --dtype bf16 where the CPU has native "
+                         "bf16: emulated bf16 is ~30x slower)")
     ap.add_argument("--no-fp32-check", action="store_true", help="skip the tool's --dtype fp32 run")
     a = ap.parse_args()
     if a.tool_args is None:
         from img2img_cli.models import cpu_has_native
 
-        a.tool_args = "--dtype bf16 --channels-last" if cpu_has_native("bf16") else "--channels-last"
+        a.tool_args = "--compile --dtype bf16" if cpu_has_native("bf16") else "--compile"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": str(ROOT)}
     py = sys.executable
     if not (CACHE / "model_index.json").exists():
@@ -149,6 +151,14 @@ def main() -> None:
     fast_warm = fast_rows[1]["seconds"]
     import torch
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu import count_flops, measure_peak, unet_calls
+
+    f = count_flops(CACHE, a.size)
+    calls = unet_calls(CACHE, a.steps, a.strength)
+    per_image = calls * f["unet_b2"] + f["vae_encode"] + f["vae_decode"]
+    peak, peak_what = measure_peak("cpu", torch.float32)
+
     print(f"CPU benchmark: SD 1.5 architecture (random weights), {a.size}x{a.size}, {a.steps} steps, "
           f"strength {a.strength}, guidance {a.guidance}, {os.cpu_count()} CPUs, torch threads {ref['threads']}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: "
@@ -157,7 +167,13 @@ def main() -> None:
           f"whole process {ref_wall:6.1f} s, peak RSS {ref_rss:7.0f} MiB")
     print(f"  img2img {a.tool_args}: pipeline {fast_warm:6.2f} s warm ({fast_rows[0]['seconds']:.2f} s cold), "
           f"whole process {fast_wall:6.1f} s, peak RSS {fast_rss:7.0f} MiB")
-    print(f"  speed-up (warm pipeline wall time): {ref_warm / fast_warm:.2f}x")
+    print(f"  speed-up (warm pipeline wall time): {ref_warm / fast_warm:.2f}x; the tool's first image "
+          f"(compiling) took {fast_rows[0]['seconds'] - fast_warm:.1f} s more than its second")
+    print(f"  compute: {per_image / 1e12:.3f} TFLOP per image ({calls} UNet calls x {f['unet_b2'] / 1e12:.3f} + VAE "
+          f"encode {f['vae_encode'] / 1e12:.3f} + decode {f['vae_decode'] / 1e12:.3f}); fp32 peak "
+          f"{peak / 1e9:.0f} GFLOP/s ({peak_what}): floor {per_image / peak:.2f} s per image")
+    print(f"  utilisation of that peak: reference {per_image / ref_warm / peak:.0%}, tool {per_image / fast_warm / peak:.0%}; "
+          f"2.5x the reference would be {ref_warm / 2.5:.2f} s, {per_image / (ref_warm / 2.5) / peak:.0%} of the fp32 peak")
     print(f"  output difference vs reference: max {d_fast[0]}/255, mean {d_fast[1]:.2f}/255, PSNR {d_fast[2]:.1f} dB")
     if fp32:
         print(f"  img2img --dtype fp32: pipeline {fp32[2][1]['seconds']:6.2f} s warm, peak RSS {fp32[1]:7.0f} MiB, "
