@@ -186,3 +186,26 @@ def test_compile_settings_per_device(device):
         assert all(type(m).__name__ == "OptimizedModule" for m in (pipe.unet, pipe.vae.decoder, pipe.vae.encoder))
         assert inductor.freezing == (device == "cpu")
         assert inductor.epilogue_fusion == (device == "cpu")
+    # on CUDA (CUDA graphs) the UNet's outputs are cloned out of the graph's memory pool
+    hooks = list(pipe.unet._forward_hooks.values())
+    assert len(hooks) == (device == "cuda")
+    if hooks:
+        import torch
+
+        out = (torch.ones(2), 3)
+        copied = hooks[0](pipe.unet, (), out)
+        assert torch.equal(copied[0], out[0]) and copied[0].data_ptr() != out[0].data_ptr() and copied[1] == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("guidance", ["7.5", "1"])
+def test_cuda_compile_with_cuda_graphs_matches_eager(tmp_path, photos, guidance):
+    """On a GPU: --compile (max-autotune, CUDA graphs) against eager fp16, with guidance on and
+    off (off: PNDM keeps the UNet's raw outputs across steps, which graph replays would
+    overwrite if they were not cloned)."""
+    args = [photos, *FAST, "--device", "cuda", "--size", "64x64", "--batch-size", "3", "-g", guidance]
+    assert invoke("run", *args, "-o", tmp_path / "eager").exit_code == 0
+    r = invoke("run", *args, "--compile", "-o", tmp_path / "compiled")
+    assert r.exit_code == 0, r.stderr
+    for f in (tmp_path / "eager").iterdir():
+        assert np.abs(pixels(f) - pixels(tmp_path / "compiled" / f.name)).max() <= 2

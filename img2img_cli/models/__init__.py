@@ -378,6 +378,11 @@ def compile_modules(pipe, device: str) -> None:
 
     The encoder is called one image at a time by the pipelines (``retrieve_latents`` per
     generator), so its one shape compiles once.
+
+    CUDA graphs reuse their output memory at the next replay. The pipelines use the UNet's
+    output at once, except where a scheduler keeps it across steps (PNDM's ``ets`` history
+    holds the raw output when guidance is off, ``guidance_scale <= 1``), so the compiled UNet's
+    output is cloned on CUDA (one latent-sized copy per step).
     """
     import torch
     import torch._inductor.config as inductor
@@ -392,8 +397,21 @@ def compile_modules(pipe, device: str) -> None:
         inductor.coordinate_descent_check_all_directions = True
         inductor.epilogue_fusion = False
     pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True, dynamic=False)
+    if mode == "max-autotune":
+        pipe.unet.register_forward_hook(_own_outputs)
     pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=mode, fullgraph=True, dynamic=False)
     pipe.vae.encoder = torch.compile(pipe.vae.encoder, mode=mode, fullgraph=True, dynamic=False)
+
+
+def _own_outputs(_module, _args, output):
+    """Forward hook: the outputs cloned out of the CUDA graph's memory pool."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output.clone()
+    if isinstance(output, tuple):
+        return tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in output)
+    return output  # a dataclass output (return_dict=True): the pipelines ask for tuples
 
 
 def load_pipeline(
