@@ -53,29 +53,35 @@ class Request:
 def to_tensor(image, *, pin: bool = False):
     """A ``PIL.Image`` in RGB as a float32 tensor ``(3, H, W)`` in ``[0, 1]``.
 
-    The arithmetic is diffusers' own for PIL inputs (``VaeImageProcessor.pil_to_numpy``:
-    ``np.array(image).astype(np.float32) / 255``, then ``numpy_to_pt``), so a pipeline given this
-    tensor sees the same values as one given the image. It runs in the batch runner's reader
-    thread, off the thread that drives the device.
+    The arithmetic and the memory layout are diffusers' own for PIL inputs
+    (``VaeImageProcessor.pil_to_numpy``: ``np.array(image).astype(np.float32) / 255``, then
+    ``numpy_to_pt``, a channels-last view of the ``(H, W, 3)`` array): a pipeline given these
+    tensors computes exactly what it computes from the images (the layout matters: convolutions
+    round differently on another layout). It runs in the batch runner's reader thread, off the
+    thread that drives the device.
 
     Args:
-        pin: put the tensor in page-locked (pinned) memory, so the copy to a CUDA device can be
+        pin: put the pixels in page-locked (pinned) memory, so the copy to a CUDA device can be
             asynchronous (``non_blocking=True``); needs a CUDA build of torch with a GPU.
     """
     import numpy as np
     import torch
 
-    array = np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0  # (H, W, 3)
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    return tensor.pin_memory() if pin else tensor.contiguous()
+    hwc = torch.from_numpy(np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0)  # (H, W, 3)
+    if pin:
+        hwc = hwc.pin_memory()
+    return hwc.permute(2, 0, 1)
 
 
 def _to_device_images(images: list, device):
-    """Tensor sources go to ``device`` with asynchronous copies (from pinned memory they do not
-    block the host); PIL sources are left to diffusers' own preprocessing."""
+    """Tensor sources as one ``(B, 3, H, W)`` batch on ``device``, laid out as diffusers lays out
+    a batch of PIL images (a channels-last view of ``(B, H, W, 3)``); each image's copy is
+    asynchronous from pinned memory. PIL sources are left to diffusers' own preprocessing."""
+    import torch
+
     if not all(hasattr(i, "shape") for i in images):
         return images
-    return [i.to(device, non_blocking=True) for i in images]
+    return torch.stack([i.permute(1, 2, 0).to(device, non_blocking=True) for i in images]).permute(0, 3, 1, 2)
 
 
 def generate(pipe, requests: list[Request], *, callback=None) -> list:

@@ -100,19 +100,21 @@ def test_tensor_sources_and_device_side_uint8_give_diffusers_pixels_exactly(tiny
 
     from img2img_cli.pipeline import Request, generate, to_pil, to_tensor
 
-    src = Image.open(EXAMPLES / "chelsea.png").convert("RGB").resize((64, 48))
-    t = to_tensor(src)
+    srcs = [Image.open(EXAMPLES / n).convert("RGB").resize((64, 48)) for n in ("chelsea.png", "coffee.png", "camera.png")]
+    t = to_tensor(srcs[0])
     assert t.shape == (3, 48, 64) and t.dtype == torch.float32
-    ref = tiny_pipe.image_processor.pil_to_numpy([src])[0]  # diffusers' own (H, W, 3) in [0, 1]
+    ref = tiny_pipe.image_processor.pil_to_numpy([srcs[0]])[0]  # diffusers' own (H, W, 3) in [0, 1]
     assert np.array_equal(t.permute(1, 2, 0).numpy(), ref)
 
-    def one(image):
-        return np.asarray(generate(tiny_pipe, [Request(image, "a painting", "", 7, 0.75, 6, 7.5)])[0])
+    def batch(images):  # one pipeline call on 3 images (the layout of a batch changes the rounding)
+        out = generate(tiny_pipe, [Request(i, "a painting", "", 7 + k, 0.75, 6, 7.5) for k, i in enumerate(images)])
+        return [np.asarray(o) for o in out]
 
-    direct = tiny_pipe(prompt="a painting", negative_prompt="", image=src, strength=0.75, num_inference_steps=6,
-                       guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(7)).images[0]
-    assert np.array_equal(one(t), np.asarray(direct))
-    assert np.array_equal(one(src), np.asarray(direct))
+    direct = tiny_pipe(prompt=["a painting"] * 3, negative_prompt=[""] * 3, image=srcs, strength=0.75,
+                       num_inference_steps=6, guidance_scale=7.5,
+                       generator=[torch.Generator("cpu").manual_seed(7 + k) for k in range(3)]).images
+    for ours in (batch([to_tensor(i) for i in srcs]), batch(srcs)):
+        assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(ours, direct))
 
     x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0)).half()
     x[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.5 / 255])  # the ends, and a half-way rounding case
