@@ -311,10 +311,15 @@ class Summary:
         return 1 if self.failed else 0
 
     def line(self) -> str:
+        """The one summary line, e.g. ``32 written, 0 skipped, 1 failed in 25.7 s (1.24
+        images/s; model load 5.4 s, first batch of 8 6.1 s, then 1.40 images/s)``: where the
+        time went is in the brackets when something was generated (the first batch holds
+        ``--compile``'s compiling and any warm-up; the rate after it is the steady state)."""
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        timings = self.timings()
         text = (
             f"{self.written} written, {self.skipped} skipped, {self.failed} failed "
-            f"in {self.seconds:.1f} s ({rate:.2f} images/s)"
+            f"in {self.seconds:.1f} s ({rate:.2f} images/s{'; ' + timings if timings else ''})"
         )
         if self.interrupted:
             sig = "SIGINT" if self.interrupted == 130 else "SIGTERM"
@@ -323,9 +328,9 @@ class Summary:
             text += f"; stopped: {self.fatal}; {self.remaining} inputs left: free space and rerun with --skip-existing"
         return text
 
-    def timings_line(self) -> str | None:
-        """Where the time went, e.g. ``model load 3.1 s, first batch of 8 12.0 s, then 5.20
-        images/s``; ``None`` when nothing was generated."""
+    def timings(self) -> str | None:
+        """``model load 3.1 s, first batch of 8 12.0 s, then 5.20 images/s``; ``None`` when
+        nothing was generated (this process's figures)."""
         if self.load_seconds is None or self.first_batch_seconds is None:
             return None
         text = f"model load {self.load_seconds:.1f} s, first batch of {self.first_batch_images} {self.first_batch_seconds:.1f} s"

@@ -236,9 +236,6 @@ def run(
         return
     if summary.is_main and (not quiet or summary.interrupted):
         typer.echo(summary.line(), err=True)
-        timings = summary.timings_line()
-        if timings and not quiet:
-            typer.echo(f"  {timings}", err=True)
     raise typer.Exit(summary.exit_code)
 
 
