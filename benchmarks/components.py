@@ -18,7 +18,6 @@ the largest pixel difference between the two settings' outputs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -26,9 +25,10 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "img2img-cli" / "bench" / "sd15-random-seed0"
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+from cpu import CACHE  # noqa: E402  the model benchmarks/cpu.py builds
 
 
 def timed(pipe, device: str) -> dict:

@@ -14,6 +14,7 @@ the batch size or the process that ran it.
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
@@ -543,7 +544,7 @@ class _Runner:
         self.tiled = False
         self.pin = False  # pinned host memory for image tensors (CUDA)
         self._kept: dict[int, object] = {}  # prepared images of items with units in later batches
-        self._last_batch: dict[int, int] = {}  # item index -> id() of the batch holding its last unit
+        self._unread: dict[int, int] = {}  # item index -> its units in batches not yet prepared
 
     # -- bookkeeping (called in the writer thread, or the main thread after it is drained)
 
@@ -590,7 +591,7 @@ class _Runner:
         for units in groups.values():
             for i in range(0, len(units), batch_size):
                 batches.append(units[i : i + batch_size])
-        self._last_batch = {u.item.index: id(b) for b in batches for u in b}
+        self._unread = collections.Counter(u.item.index for b in batches for u in b)
         return batches
 
     def _prepare(self, batch: list[Unit]) -> dict[int, object]:
@@ -618,9 +619,11 @@ class _Runner:
                 except Exception as e:  # a Pillow plugin bug must not stop the folder
                     cached = InputError(f"{display(w.input.path)}: cannot decode image ({_short(e)})")
             out[w.index] = cached
-        for w in {u.item.index: u.item for u in batch}.values():
-            if self._last_batch.get(w.index) != id(batch):
-                self._kept[w.index] = out[w.index]
+        for u in batch:
+            self._unread[u.item.index] -= 1
+        for index in out:
+            if self._unread[index] > 0:
+                self._kept[index] = out[index]
         return out
 
     def _save(self, unit: Unit, image, seconds: float) -> None:

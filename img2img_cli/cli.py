@@ -441,7 +441,7 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app()
-    except Img2ImgError as e:  # raised again under IMG2IMG_DEBUG
+    except Img2ImgError:  # raised again under IMG2IMG_DEBUG
         raise
     except KeyboardInterrupt:
         print("img2img: interrupted", file=sys.stderr)

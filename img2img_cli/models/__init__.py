@@ -436,7 +436,6 @@ def load_pipeline(
     Raises:
         ModelError: one line naming the model when loading fails.
     """
-    import diffusers
     from diffusers.utils import logging as dlogging
 
     from ..schedulers import make_scheduler
