@@ -1,8 +1,17 @@
-"""The validated description of one ``img2img run`` job.
+"""The typed, validated description of one ``img2img run``: options declared once.
 
-One frozen dataclass, :class:`Job`, holds every generation option; :meth:`Job.validate`
-checks them all before any image is read or model loaded (habit 3 of ``STYLE.md``,
-after diffusers' ``check_inputs``). No I/O happens here.
+Every command-line option of ``img2img run`` is a field of one of the frozen dataclasses
+here (:class:`Job`: what each image is made with; :class:`Speed`: how fast; :class:`RunConfig`:
+the run as a whole, holding the other two), declared once with :func:`option`: its type, its
+default, its flags and its help. ``cli.py`` builds the Typer signature from these fields
+(:func:`cli_fields`) and :meth:`RunConfig.from_values` builds the config back from the parsed
+values, so adding an option is adding one field. A mode's own options are one more dataclass
+of the same kind (:attr:`img2img_cli.modes.Mode.options`).
+
+:meth:`RunConfig.from_values` checks every option and every cross-flag rule before any image
+is read or model loaded (habit 3 of the project's architecture note, after diffusers'
+``check_inputs``) and raises :class:`~img2img_cli.errors.UsageError` naming the flag and the
+value. No I/O happens here.
 """
 
 from __future__ import annotations
@@ -10,7 +19,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
 
 from .errors import UsageError
 
@@ -33,8 +45,32 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Seeds are 32-bit like A1111's (``modules/processing.py`` draws ``int(random.randrange(4294967294))``).
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 8192
+#: Default ``--max-pixels``: 2.5x Pillow's own decompression-bomb limit (89,478,485 px) would
+#: still be ~850 MB as RGB; inputs above 100 MP are refused.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def option(default=None, *flags: str, help: str, argument: bool = False, **extra) -> dataclasses.Field:
+    """A dataclass field that is also a command-line option of ``img2img run``.
+
+    Args:
+        default: the default value (a list default becomes a ``default_factory``).
+        flags: ``"--name"`` and its short forms, as Typer takes them.
+        help: the ``--help`` text.
+        argument: a positional argument instead of an option.
+        extra: more ``typer.Option`` keywords (``envvar``, ``show_default``...).
+    """
+    meta = {"cli": {"flags": flags, "help": help, "argument": argument, **extra}}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def nested(cls) -> dataclasses.Field:
+    """A field holding another options dataclass, whose fields are options too."""
+    return field(default_factory=cls, metadata={"nested": True})
 
 
 def random_seed() -> int:
@@ -55,9 +91,30 @@ def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def parse_colour(text: str, flag: str = "--background") -> tuple[int, int, int]:
+    """``white``, ``#ffffff``, ``#fff`` or ``255,255,255`` -> ``(255, 255, 255)`` (0-255 each).
+
+    Names and hex forms are Pillow's ``ImageColor.getrgb``.
+
+    Raises:
+        UsageError: naming ``flag`` and the value.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 3 and all(p.isdigit() and int(p) <= 255 for p in parts):
+        return tuple(int(p) for p in parts)
+    from PIL import ImageColor
+
+    try:
+        rgb = ImageColor.getrgb(text.strip())
+    except ValueError:
+        raise UsageError(f"{flag}: not a colour: {text!r} (try white, #808080 or 128,128,128)") from None
+    return tuple(rgb[:3])
+
+
 @dataclass(frozen=True)
 class Job:
-    """Every option of one run, validated by :meth:`validate`.
+    """What each image is made with, validated by :meth:`validate`. A jobs file's row
+    overrides some of these per input (:mod:`img2img_cli.jobs`).
 
     Attributes:
         prompt: text prompt (may be empty: unconditional img2img).
@@ -66,14 +123,14 @@ class Job:
             ``strength * T`` and ``int(steps * strength)`` denoising steps run (diffusers
             ``StableDiffusionImg2ImgPipeline.get_timesteps``; SDEdit, Meng et al. 2021).
         steps: number of scheduler steps for a full denoise, ``>= 1``.
-        guidance_scale: classifier-free guidance scale ``w`` (Ho & Salimans 2022), ``>= 0``;
-            values ``<= 1`` disable guidance, as in diffusers.
+        guidance_scale: classifier-free guidance scale ``w`` (Ho & Salimans 2022), in
+            ``[0, 100]``; values ``<= 1`` disable guidance, as in diffusers.
         seed: base seed in ``[0, 2**32 - 1]``, or ``None`` to draw one per image.
         num_images: images per input, ``>= 1``; image ``k`` uses seed ``seed + k``.
         scheduler: an A1111 sampler name from :data:`img2img_cli.schedulers.SCHEDULERS`, or
             ``None`` for the model's own scheduler.
-        width, height: output size in pixels (multiples of 8), or ``None`` for the default
-            (aspect ratio kept, longer side at the model's native resolution).
+        width, height: output size in pixels (multiples of 8 in ``[8, 8192]``), or ``None``
+            for the default (aspect ratio kept, longer side at the model's native resolution).
         resize_mode: one of :data:`RESIZE_MODES`.
         fmt: output format, one of :data:`FORMATS`, or ``None`` to take it from ``-o FILE``
             (``png`` otherwise).
@@ -81,22 +138,44 @@ class Job:
         model, device, dtype: see :mod:`img2img_cli.models`.
     """
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    strength: float = DEFAULT_STRENGTH
-    steps: int = DEFAULT_STEPS
-    guidance_scale: float = DEFAULT_GUIDANCE
-    seed: int | None = None
-    num_images: int = 1
-    scheduler: str | None = None
-    width: int | None = None
-    height: int | None = None
-    resize_mode: str = "crop"
-    fmt: str | None = None
-    quality: int = 95
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    dtype: str = "auto"
+    prompt: str = option("", "--prompt", "-p", help="Text prompt.")
+    negative_prompt: str = option("", "--negative-prompt", "-n", help="Negative prompt (what to steer away from).")
+    strength: float = option(
+        DEFAULT_STRENGTH, "--strength", "-s",
+        help="Denoising strength, 0 < s <= 1: how far the image is noised before denoising.",
+    )
+    steps: int = option(DEFAULT_STEPS, "--steps", help="Scheduler steps for a full denoise (>= 1); int(steps * strength) run.")
+    guidance_scale: float = option(
+        DEFAULT_GUIDANCE, "--guidance", "-g", "--cfg-scale",
+        help="Classifier-free guidance scale (CFG), 0-100; <= 1 disables guidance.",
+    )
+    seed: Optional[int] = option(
+        None, "--seed", show_default=False,
+        help="Seed in [0, 2^32-1]; image k of -N uses seed+k. Default: random, recorded in metadata.",
+    )
+    num_images: int = option(1, "--num-images", "-N", help="Images per input (>= 1).")
+    scheduler: Optional[str] = option(
+        None, "--scheduler", "--sampler", show_default=False,
+        help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras' (see `img2img schedulers`). Default: the model's own.",
+    )
+    width: Optional[int] = option(None, "--width", "-W", show_default=False, help="Output width in px (multiple of 8).")
+    height: Optional[int] = option(None, "--height", "-H", show_default=False, help="Output height in px (multiple of 8).")
+    resize_mode: Literal["crop", "just", "fill"] = option(
+        "crop", "--resize",
+        help="How the input meets another aspect ratio: crop (crop and resize), just (stretch), fill (resize and fill).",
+    )
+    fmt: Optional[Literal["png", "jpg", "webp"]] = option(
+        None, "--format", "-f", show_default=False, help="Output format (default: from -o FILE, else png).",
+    )
+    quality: int = option(95, "--quality", help="JPEG/WebP quality, 1-100.")
+    model: str = option(
+        DEFAULT_MODEL, "--model", "-m", envvar="IMG2IMG_MODEL",
+        help="`tiny`, a diffusers folder, a .safetensors checkpoint or a hub repo id.",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = option(
+        "auto", "--device", envvar="IMG2IMG_DEVICE", help="auto: cuda, then mps, then cpu.",
+    )
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "--dtype", help="auto: fp16 on cuda/mps, fp32 on cpu.")
 
     def replace(self, **changes) -> "Job":
         """A copy with ``changes`` applied (not validated)."""
@@ -132,16 +211,13 @@ class Job:
                 raise UsageError(f"{flag} must be in [8, {MAX_SIDE}], got {value}")
             if value % 8:
                 raise UsageError(f"{flag} must be a multiple of 8, got {value} (try {value // 8 * 8 or 8})")
-        if self.resize_mode not in RESIZE_MODES:
-            raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
-        if self.fmt is not None and self.fmt not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
+        _one_of("--resize", self.resize_mode, RESIZE_MODES)
+        if self.fmt is not None:
+            _one_of("--format", self.fmt, FORMATS)
         if not (1 <= self.quality <= 100):
             raise UsageError(f"--quality must be in [1, 100], got {self.quality}")
-        if self.device not in DEVICES:
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _one_of("--device", self.device, DEVICES)
+        _one_of("--dtype", self.dtype, DTYPES)
         if self.scheduler is not None:
             from .schedulers import canonical_name
 
@@ -153,3 +229,209 @@ class Job:
     def seed_for(self, base_seed: int, k: int) -> int:
         """Seed of image ``k`` (0-based) of ``--num-images``: ``base_seed + k``."""
         return base_seed + k
+
+
+def _one_of(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Speed settings applied after loading (all off by default: the plain path is diffusers'
+    own, bit for bit); :func:`img2img_cli.models.speed.apply_speed` applies them.
+
+    Attributes:
+        compile: ``torch.compile`` the UNet and the VAE (static shapes: the runner pads batches
+            to a fixed size and buckets sizes so a folder does not recompile after warm-up).
+        channels_last: UNet and VAE in ``torch.channels_last`` memory format.
+        fuse_qkv: diffusers' ``fuse_qkv_projections()`` (one matmul for Q, K and V).
+        offload: ``"model"`` (``enable_model_cpu_offload``: one component on the GPU at a time)
+            or ``"sequential"`` (``enable_sequential_cpu_offload``: layer by layer, slowest,
+            least memory); ``None`` keeps everything on the device. CUDA only.
+        vae_tiling: decode and encode the VAE in tiles (``vae.enable_tiling()``): large images
+            in little memory.
+    """
+
+    compile: bool = option(
+        False, "--compile",
+        help="torch.compile the UNet and VAE decoder (static shapes: batches padded, short side bucketed to a multiple of 64).",
+    )
+    channels_last: bool = option(False, "--channels-last", help="UNet and VAE in channels_last memory format.")
+    fuse_qkv: bool = option(False, "--fuse-qkv", help="Fuse the attention Q, K, V projections into one matmul.")
+    offload: Optional[Literal["model", "sequential"]] = option(
+        None, "--offload", show_default=False,
+        help="CPU offload for small GPUs: model (one component on the GPU at a time) or sequential (layer by layer).",
+    )
+    vae_tiling: bool = option(False, "--vae-tiling", help="Decode/encode the VAE in tiles (large images in little GPU memory).")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ``img2img run``: its inputs, its :class:`Job`, how outputs are written and reported,
+    its :class:`Speed` settings and its mode's options. Build it with :meth:`from_values`,
+    which validates it; the core takes it whole.
+
+    Attributes (beyond the nested ones):
+        inputs: image files and folders; empty with ``jobs``.
+        output: ``-o``: a folder (default ``outputs/``) or one file.
+        size: ``--size WxH``, folded into ``job.width``/``job.height`` by :meth:`from_values`.
+        batch_size: images per pipeline call: ``"auto"`` or a positive integer as text
+            (:attr:`batch` gives it as ``int | None``).
+        background: colour transparent areas are composited onto (:attr:`background_rgb`).
+        max_pixels: inputs with more pixels (width x height) are refused, ``>= 1``.
+        mode: the name of the selected mode (:mod:`img2img_cli.modes`), set by
+            :meth:`from_values`; mode_options: its options dataclass instance.
+    """
+
+    inputs: list[Path] = option(
+        [], argument=True, show_default=False, help="Image files or folders (a folder's images, sorted).",
+    )
+    job: Job = nested(Job)
+    model_config: Optional[str] = option(
+        None, "--model-config", show_default=False,
+        help="For a .safetensors file: sd15, sd2, sd2-base, sdxl, sdxl-refiner or a diffusers folder (default: inferred).",
+    )
+    size: Optional[str] = option(None, "--size", show_default=False, help="Output size WxH, e.g. 512x768.")
+    output: Optional[Path] = option(
+        None, "--output", "-o", show_default=False,
+        help="Output folder (default outputs/), or a file when there is one input and one image.",
+    )
+    overwrite: bool = option(False, "--overwrite", help="Replace existing outputs (inputs are never written).")
+    skip_existing: bool = option(False, "--skip-existing", help="Skip inputs whose outputs exist (resume a run).")
+    recursive: bool = option(False, "--recursive", "-r", help="Include images in subfolders (output keeps the relative path).")
+    json_out: bool = option(False, "--json", help="Print one JSON object per written file to stdout.")
+    quiet: bool = option(False, "--quiet", "-q", help="No progress bars or summary.")
+    style: Optional[str] = option(None, "--style", show_default=False, help="Style preset from prompts/ (see `img2img styles`).")
+    prompt_file: Optional[Path] = option(
+        None, "--prompt-file", show_default=False, help="Style preset file (prompt: / negative: lines with {prompt}).",
+    )
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse inputs with more pixels than this (decompression bombs).")
+    batch_size: str = option(
+        "auto", "--batch-size", "-b",
+        help="Images per pipeline call, or auto (8 on CUDA for SD 1.x, 1 for SD-size models on CPU; see README).",
+    )
+    report: Optional[Path] = option(
+        None, "--report", show_default=False,
+        help="Append one JSON line per input (status, outputs, seed, parameters, error, seconds) to this file.",
+    )
+    jobs: Optional[Path] = option(
+        None, "--jobs", show_default=False,
+        help="CSV or JSONL file of inputs with per-row prompt, negative_prompt, seed, strength, steps, guidance_scale, output.",
+    )
+    prompt_from_sidecar: bool = option(
+        False, "--prompt-from-sidecar", help="Use photo.txt next to photo.jpg as its prompt (falls back to --prompt).",
+    )
+    background: str = option(
+        "white", "--background", help="Colour that transparent areas are composited onto: a name, #RRGGBB or R,G,B.",
+    )
+    speed: Speed = nested(Speed)
+    mode: str = "img2img"
+    mode_options: object = None
+
+    @property
+    def batch(self) -> int | None:
+        """``--batch-size`` as a positive integer, or ``None`` for ``auto``.
+
+        Raises:
+            UsageError: neither ``auto`` nor a positive integer.
+        """
+        text = str(self.batch_size).strip().lower()
+        if text == "auto":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise UsageError(f"--batch-size must be a positive integer or auto, got {self.batch_size!r}")
+        return value
+
+    @property
+    def background_rgb(self) -> tuple[int, int, int]:
+        """``--background`` as ``(R, G, B)``, 0-255 each (raises :class:`UsageError`)."""
+        return parse_colour(self.background)
+
+    @classmethod
+    def from_values(cls, values: dict) -> "RunConfig":
+        """Build and validate a config from flat option values keyed by field name (what the
+        Typer command receives: :func:`cli_fields` names), nested fields included.
+
+        The mode is chosen by :func:`img2img_cli.modes.select` from the values (a mode's own
+        trigger option, e.g. a mask for inpainting); options that belong to another mode are
+        refused. ``--size`` is folded into the job's width and height, and the scheduler
+        name is made canonical.
+
+        Raises:
+            UsageError: the first bad option or contradiction, naming the flags.
+        """
+        from . import modes
+
+        mode = modes.select(values)
+        built = _build(cls, values, skip={"mode", "mode_options"})
+        mode_options = _build(mode.options, values) if mode.options is not None else None
+        config = dataclasses.replace(built, mode=mode.name, mode_options=mode_options)
+        return config.validate()
+
+    def validate(self) -> "RunConfig":
+        """Check every option and the cross-flag rules; return the normalised config.
+
+        Raises:
+            UsageError: naming the flag(s) and the bad value.
+        """
+        if self.max_pixels < 1:
+            raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.jobs is not None and self.inputs:
+            raise UsageError("--jobs and INPUT arguments contradict each other; list the inputs in the jobs file")
+        if not self.inputs and self.jobs is None:
+            raise UsageError("no inputs: give one or more image files or folders (or --jobs FILE)")
+        if self.overwrite and self.skip_existing:
+            raise UsageError("--overwrite and --skip-existing contradict each other; pass one")
+        self.background_rgb
+        self.batch
+        job = self.job
+        if self.size:
+            if job.width or job.height:
+                raise UsageError("--size and --width/--height contradict each other; pass one")
+            width, height = parse_size(self.size)
+            job = job.replace(width=width, height=height)
+        if self.style and self.prompt_file:
+            raise UsageError("--style and --prompt-file contradict each other; pass one")
+        job.validate()
+        if job.scheduler:
+            from .schedulers import canonical_name
+
+            job = job.replace(scheduler=canonical_name(job.scheduler))
+        from . import modes
+
+        modes.get(self.mode).validate(self)
+        return dataclasses.replace(self, job=job)
+
+
+def cli_fields(cls) -> list[tuple[str, object, object, dict]]:
+    """The command-line options of ``cls`` and of its nested dataclasses, in declaration order:
+    ``(name, type, default, cli_metadata)``, with types resolved (``typing.get_type_hints``)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            out.extend(cli_fields(hints[f.name]))
+        elif "cli" in f.metadata:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            out.append((f.name, hints[f.name], default, f.metadata["cli"]))
+    return out
+
+
+def _build(cls, values: dict, skip=frozenset()):
+    """An instance of ``cls`` from flat ``values`` (missing names keep their defaults)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.metadata.get("nested"):
+            kwargs[f.name] = _build(hints[f.name], values)
+        elif f.name in values and not (values[f.name] is None and f.default is dataclasses.MISSING):
+            value = values[f.name]
+            kwargs[f.name] = list(value) if isinstance(value, tuple) else value
+    return cls(**kwargs)

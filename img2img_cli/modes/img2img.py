@@ -1,0 +1,23 @@
+"""Plain image-to-image: diffusers' ``StableDiffusionImg2ImgPipeline`` and
+``StableDiffusionXLImg2ImgPipeline`` (SDEdit, Meng et al. 2021), the default mode.
+
+It reads no extra per-image input and writes no extra infotext field: the source image, the
+prompts and the generation parameters are the runner's own.
+"""
+
+from __future__ import annotations
+
+from . import Mode
+
+
+class Img2Img(Mode):
+    """The default mode. The table is diffusers' ``AUTO_IMAGE2IMAGE_PIPELINES_MAPPING``
+    (``pipelines/auto_pipeline.py``) for the families we support; an unknown family goes to
+    ``AutoPipelineForImage2Image``."""
+
+    name = "img2img"
+    pipelines = {
+        "stable-diffusion": "StableDiffusionImg2ImgPipeline",
+        "stable-diffusion-xl": "StableDiffusionXLImg2ImgPipeline",
+    }
+    auto_class = "AutoPipelineForImage2Image"
