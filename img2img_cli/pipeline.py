@@ -11,7 +11,7 @@ directly with the same arguments.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ class Request:
         seed: in ``[0, 2**32 - 1]``; seeds a ``torch.Generator`` on the CPU, so the same seed
             gives the same noise on any device.
         strength: in ``(0, 1]``; steps: ``>= 1``; guidance_scale: ``>= 0``.
+        extras: the mode's extra per-image inputs (:meth:`img2img_cli.modes.Mode.read_extras`:
+            a mask, a control image), turned into pipeline arguments by
+            :meth:`~img2img_cli.modes.Mode.call_kwargs`; empty for plain img2img.
     """
 
     image: object
@@ -37,6 +40,7 @@ class Request:
     strength: float
     steps: int
     guidance_scale: float
+    extras: dict = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -84,7 +88,7 @@ def _to_device_images(images: list, device):
     return torch.stack([i.permute(1, 2, 0).to(device, non_blocking=True) for i in images]).permute(0, 3, 1, 2)
 
 
-def generate(pipe, requests: list[Request], *, callback=None) -> list:
+def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list:
     """Run one diffusers pipeline call for ``requests`` and return one ``PIL.Image`` per request.
 
     Prompts, negative prompts, images and per-image CPU generators are passed as lists, so
@@ -100,6 +104,8 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
         pipe: a loaded diffusers image-to-image pipeline.
         requests: 1 or more requests sharing :meth:`Request.batch_key`.
         callback: optional ``callback(step, total)`` after each denoising step.
+        mode: the :class:`~img2img_cli.modes.Mode` whose :meth:`~img2img_cli.modes.Mode.call_kwargs`
+            adds its arguments (``None``: plain img2img, none added).
 
     Returns:
         ``len(requests)`` RGB images, each of its request's image size. They are converted to
@@ -138,6 +144,7 @@ def generate(pipe, requests: list[Request], *, callback=None) -> list:
             generator=generators,
             output_type="pt",
             callback_on_step_end=on_step_end,
+            **(mode.call_kwargs(requests) if mode is not None else {}),
         )
         images = out.images  # (B, 3, H, W) in [0, 1]
         bad = ~torch.isfinite(images.flatten(1)).all(dim=1)

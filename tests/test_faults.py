@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 import img2img_cli.metadata as metadata
 import img2img_cli.pipeline as pipeline
-from img2img_cli.cli import _parse_colour, app
+from img2img_cli.cli import app
+from img2img_cli.config import parse_colour as _parse_colour
 from img2img_cli.config import Job, parse_size
 from img2img_cli.errors import UsageError
 from img2img_cli.models import TINY_DIR
@@ -127,7 +128,7 @@ def test_out_of_memory_on_one_image_tries_tiling_then_fails_only_it(tmp_path, ph
         return real(pipe, requests, **kw)
 
     # mark the rocket's prepared image through the reader: load -> resize -> tensor
-    import img2img_cli.batch as batch
+    import img2img_cli.runner as batch
 
     real_load, real_resize, real_tensor = batch.load_image, batch.resize_image, pipeline.to_tensor
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2img_cli.batch import InputItem, OutputPlan, collect_inputs
+from img2img_cli.inputs import InputItem, collect_inputs
+from img2img_cli.outputs import OutputPlan
 from img2img_cli.config import Job, parse_size
 from img2img_cli.errors import InputError, OutputError, UsageError
 from img2img_cli.io import atomic_save, free_name, load_image, resize_image, target_size

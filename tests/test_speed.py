@@ -124,7 +124,7 @@ def test_tensor_sources_and_device_side_uint8_give_diffusers_pixels_exactly(tiny
 
 
 def test_an_image_with_more_outputs_than_the_batch_is_read_once(tmp_path, photos, monkeypatch):
-    import img2img_cli.batch as batch
+    import img2img_cli.runner as batch
 
     calls = []
     real = batch.load_image

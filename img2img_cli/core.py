@@ -1,0 +1,136 @@
+"""The core of ``img2img run``: a validated :class:`~img2img_cli.config.RunConfig` in, a
+:class:`~img2img_cli.report.Summary` out.
+
+Flow: config -> style and jobs file -> inputs (:mod:`.inputs`) -> output plan
+(:mod:`.outputs`) -> work (:mod:`.work`: names, seeds, prompts) -> model resolved (nothing
+loaded yet; every check above runs before any weight is read) -> skip existing -> split between
+processes (:mod:`.distributed`) -> :class:`~img2img_cli.runner.Runner` (one model load, batched
+generation) -> summary. The core raises :class:`~img2img_cli.errors.Img2ImgError` s and prints
+nothing: results go to ``emit``, per-file errors and warnings to the ``img2img_cli`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import RunConfig
+from .io import display
+from .report import ReportFile, Summary, record
+from .work import Outcome, WorkItem
+
+log = logging.getLogger(__name__)
+
+
+def plan(config: RunConfig, mode) -> list[WorkItem]:
+    """Every input of the run with its job, prompts, seeds and output paths; no model loaded.
+
+    Raises:
+        UsageError: a bad style, jobs file, input path or output name.
+    """
+    from .inputs import InputItem, collect_inputs
+    from .jobs import load_jobs
+    from .outputs import OutputPlan
+    from .work import plan_work
+
+    style = None
+    if config.style or config.prompt_file:
+        from .styles import load_prompt_file, load_style
+
+        style = load_style(config.style) if config.style else load_prompt_file(config.prompt_file)
+    rows = None
+    if config.jobs is not None:
+        rows = load_jobs(config.jobs, config.job)
+        items = [InputItem(r.input, Path(r.input.name)) for r in rows]
+    else:
+        items = collect_inputs(config.inputs, recursive=config.recursive)
+    outputs = OutputPlan.make(config.output, config.job.fmt, len(items) * config.job.num_images)
+    return plan_work(
+        config.job, items, outputs, rows=rows, style=style, prompt_from_sidecar=config.prompt_from_sidecar, mode=mode,
+    )
+
+
+def run(
+    config: RunConfig,
+    *,
+    emit: Callable[[Outcome, Path, int, float], None] = lambda *a: None,
+    progress: bool = False,
+) -> Summary:
+    """Run ``config``: one model load, batched generation, one outcome per input.
+
+    Args:
+        emit: called in the writer thread after each output is written, with
+            ``(outcome, path, seed, seconds)``.
+        progress: show progress bars on stderr.
+
+    Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) each process takes its
+    share (:func:`img2img_cli.distributed.split`) and the counts are gathered.
+
+    Returns:
+        the :class:`Summary` (a failing input never stops the others).
+
+    Raises:
+        UsageError, ModelError: before any model loads (bad option, input or model), or when
+            the model cannot be loaded.
+    """
+    from . import distributed, modes
+    from .models import resolve_device, resolve_model
+    from .runner import Runner
+
+    mode = modes.get(config.mode)
+    work = plan(config, mode)
+    spec = resolve_model(config.job.model, config.model_config)
+    device = resolve_device(config.job.device)
+    start = time.perf_counter()
+    summary = Summary()
+    report = ReportFile(config.report)
+    protected = frozenset(os.path.realpath(w.input.path) for w in work)  # every process's inputs
+    state, device, work = distributed.split(work, device)
+    try:
+        todo = _skip_existing(work, config, summary, report)
+        if todo:
+            runner = Runner(todo, config, mode, report, summary, emit, protected, progress)
+            runner.go(_loader(config, spec, mode, progress), device, start)
+        summary.outcomes = [w.outcome for w in work]
+    finally:
+        report.close()
+    distributed.gather(summary, state)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _skip_existing(work: list[WorkItem], config: RunConfig, summary: Summary, report: ReportFile) -> list[WorkItem]:
+    """Give each item its outcome; with ``--skip-existing``, items whose outputs all exist are
+    reported skipped. Returns the items to make."""
+    todo = []
+    for w in work:
+        w.outcome = Outcome(w.input.path, "ok")
+        if config.skip_existing and all(os.path.lexists(p) for p in w.outputs):
+            w.outcome.status = "skipped"
+            w.outcome.outputs = list(w.outputs)
+            summary.skipped += 1
+            report.write(record(w, None, None, config.mode))
+            log.info("%s: skipped, output exists", display(w.input.path))
+        else:
+            todo.append(w)
+    return todo
+
+
+def _loader(config: RunConfig, spec, mode, progress: bool):
+    """``load_pipe(device)`` for the runner: loads the mode's pipeline once, when there is work."""
+
+    def load_pipe(device: str):
+        from .models import load_pipeline, native_resolution, resolve_dtype
+        from .runner import Loaded
+        from .schedulers import display_name
+
+        pipe = load_pipeline(
+            spec, mode=mode, device=device, dtype=resolve_dtype(config.job.dtype, device),
+            scheduler=config.job.scheduler, progress=progress, speed=config.speed,
+        )
+        return Loaded(pipe, display_name(pipe.scheduler), spec.name, native_resolution(pipe))
+
+    return load_pipe
