@@ -146,22 +146,34 @@ def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list
             callback_on_step_end=on_step_end,
             **(mode.call_kwargs(requests) if mode is not None else {}),
         )
-        images = out.images  # (B, 3, H, W) in [0, 1]
-        bad = ~torch.isfinite(images.flatten(1)).all(dim=1)
-        if bad.any():
-            images = images.clone()
-            idx = bad.nonzero().flatten().tolist()
-            log.warning(
-                "%d image(s) decoded with NaN/inf in %s; decoding again with the VAE in fp32",
-                len(idx), str(pipe.vae.dtype).replace("torch.", ""),
-            )
-            latents = final.get("latents")
-            if latents is None or not torch.isfinite(latents[idx]).all():
-                raise FloatingPointError("the denoised latents hold NaN or inf values (try --dtype fp32 or bf16)")
-            images[idx] = decode_fp32(pipe, latents[idx]).to(images.dtype).to(images.device)
-            if not torch.isfinite(images).all():
-                raise FloatingPointError("the decoded image holds NaN or inf values even in fp32")
+        images = _redecode_non_finite(pipe, out.images, final.get("latents"))
     return to_pil(images)
+
+
+def _redecode_non_finite(pipe, images, latents):
+    """``images`` ``(B, 3, H, W)`` in ``[0, 1]``, with any image holding NaN or inf decoded
+    again from its final ``latents`` with the VAE in fp32 (:func:`decode_fp32`), with a warning.
+
+    Raises:
+        FloatingPointError: the latents themselves, or the fp32 decode, hold NaN or inf.
+    """
+    import torch
+
+    bad = ~torch.isfinite(images.flatten(1)).all(dim=1)
+    if not bad.any():
+        return images
+    images = images.clone()
+    idx = bad.nonzero().flatten().tolist()
+    log.warning(
+        "%d image(s) decoded with NaN/inf in %s; decoding again with the VAE in fp32",
+        len(idx), str(pipe.vae.dtype).replace("torch.", ""),
+    )
+    if latents is None or not torch.isfinite(latents[idx]).all():
+        raise FloatingPointError("the denoised latents hold NaN or inf values (try --dtype fp32 or bf16)")
+    images[idx] = decode_fp32(pipe, latents[idx]).to(images.dtype).to(images.device)
+    if not torch.isfinite(images).all():
+        raise FloatingPointError("the decoded image holds NaN or inf values even in fp32")
+    return images
 
 
 def to_pil(images) -> list:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from img2img_cli import metadata
+from img2img_cli import infotext, metadata
 from img2img_cli.metadata import RE_PARAM_CODE, format_infotext, parse_infotext, read_infotext, write_image
 
 PARAMS = {
@@ -298,13 +298,13 @@ def test_parse_prompt_keys():
 @example('ab \tcd: 1, "q": "a\\\\", x')
 @example('-foo: 1, bar : "x" y, baz: ""')
 def test_param_scanner_matches_a1111_regex(line):
-    assert metadata._find_params(line) == re.findall(RE_PARAM_CODE, line)
+    assert infotext._find_params(line) == re.findall(RE_PARAM_CODE, line)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text().map(lambda s: s.replace("\n", "")))
 def test_param_scanner_matches_a1111_regex_any_text(line):
-    assert metadata._find_params(line) == re.findall(RE_PARAM_CODE, line)
+    assert infotext._find_params(line) == re.findall(RE_PARAM_CODE, line)
 
 
 def test_parse_is_linear_on_long_lines():
@@ -361,7 +361,7 @@ def _moves_text_to_negative(prompt: str) -> bool:
 @example("\nx", "x\n")
 def test_exact_prompt_pairs_exactly_when_documented(prompt, negative):
     """The cases listed in format_infotext's docstring, and no others, get the exact pairs."""
-    keys = [k for k, _ in metadata._split_infotext(format_infotext(prompt, negative, PARAMS))[2]]
+    keys = [k for k, _ in infotext._split_infotext(format_infotext(prompt, negative, PARAMS))[2]]
     assert ("Prompt" in keys) == (_unclean(prompt) or _marker(prompt.split("\n")))
     assert ("Negative prompt" in keys) == (
         _unclean(negative) or _marker(negative.split("\n")[1:]) or _moves_text_to_negative(prompt)
@@ -388,7 +388,7 @@ def test_ordinary_prompts_are_written_exactly_as_a1111(prompt, negative):
 word_char = st.one_of(st.characters(categories=("L", "Nd", "Nl", "No")), st.just("_"))
 keys = st.builds(
     str.__add__, word_char, st.text(st.one_of(word_char, st.sampled_from(" -/")), min_size=1, max_size=12)
-).filter(lambda k: metadata._RE_KEY.fullmatch(k) is not None and k not in metadata._RESERVED_KEYS)
+).filter(lambda k: infotext._RE_KEY.fullmatch(k) is not None and k not in infotext._RESERVED_KEYS)
 values = st.one_of(any_text, st.integers(), st.floats(), st.booleans())
 
 
