@@ -126,6 +126,7 @@ Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Include imag
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object per written file to stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Style = Annotated[Optional[str], typer.Option("--style", help="Style preset from prompts/ (see `img2img styles`).", show_default=False)]
+StylesFile = Annotated[Optional[Path], typer.Option("--styles-file", help="AUTOMATIC1111 styles.csv (name,prompt,negative_prompt) for --style; a prompts/*.txt preset of the same name wins.", show_default=False)]
 PromptFile = Annotated[Optional[Path], typer.Option("--prompt-file", help="Style preset file (prompt: / negative: lines with {prompt}).", show_default=False)]
 BatchSize = Annotated[str, typer.Option("--batch-size", "-b", help="Images per pipeline call, or auto (8 on CUDA for SD 1.x, 1 for SD-size models on CPU; see README).")]
 Report = Annotated[Optional[Path], typer.Option("--report", help="Append one JSON line per input (status, outputs, seed, parameters, error, seconds) to this file.", show_default=False)]
@@ -215,6 +216,7 @@ def run(
     quiet: Quiet = False,
     style: Style = None,
     prompt_file: PromptFile = None,
+    styles_file: StylesFile = None,
     max_pixels: MaxPixels = 100_000_000,
     batch_size: BatchSize = "auto",
     report: Report = None,
@@ -267,11 +269,13 @@ def _run(**o):
         width, height = parse_size(o["size"])
     if o["style"] and o["prompt_file"]:
         raise UsageError("--style and --prompt-file contradict each other; pass one")
+    if o["styles_file"] is not None and not o["style"]:
+        raise UsageError("--styles-file needs --style NAME")
     style = None
     if o["style"] or o["prompt_file"]:
         from .styles import load_prompt_file, load_style
 
-        style = load_style(o["style"]) if o["style"] else load_prompt_file(o["prompt_file"])
+        style = load_style(o["style"], o["styles_file"]) if o["style"] else load_prompt_file(o["prompt_file"])
     job = Job(
         prompt=o["prompt"],
         negative_prompt=o["negative_prompt"],
@@ -411,13 +415,18 @@ def schedulers() -> None:
 
 
 @app.command()
-def styles() -> None:
+def styles(styles_file: StylesFile = None) -> None:
     """List the style presets --style accepts, with their prompt templates."""
-    from .styles import list_styles, parse_style
+    from .styles import list_styles, load_style
 
-    for name, path in list_styles().items():
+    _setup_logging(False)
+    try:
+        found = list_styles(styles_file)
+    except Img2ImgError as e:
+        _fail(e)
+    for name, path in found.items():
         try:
-            s = parse_style(path.read_text(encoding="utf-8"), name, "--style")
+            s = load_style(name, styles_file)
         except (Img2ImgError, OSError) as e:
             typer.echo(f"img2img: warning: {path}: {e}", err=True)
             continue
