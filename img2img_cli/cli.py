@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -232,14 +232,25 @@ def schedulers() -> None:
         typer.echo(f"{name:<{width}}  {cls}{f'({extra})' if extra else ''}")
 
 
-@app.command()
-def styles() -> None:
-    """List the style presets --style accepts, with their prompt templates."""
-    from .styles import list_styles, parse_style
+StylesFile = Annotated[
+    Optional[Path],
+    typer.Option("--styles-file", show_default=False, help="AUTOMATIC1111 styles.csv (name,prompt,negative_prompt) to list too."),
+]
 
-    for name, path in list_styles().items():
+
+@app.command()
+def styles(styles_file: StylesFile = None) -> None:
+    """List the style presets --style accepts, with their prompt templates."""
+    from .styles import list_styles, load_style
+
+    _setup_logging(False)
+    try:
+        found = list_styles(styles_file)
+    except Img2ImgError as e:
+        _fail(e)
+    for name, path in found.items():
         try:
-            s = parse_style(path.read_text(encoding="utf-8"), name, "--style")
+            s = load_style(name, styles_file)
         except (Img2ImgError, OSError) as e:
             typer.echo(f"img2img: warning: {path}: {e}", err=True)
             continue

@@ -306,6 +306,10 @@ class RunConfig:
     prompt_file: Optional[Path] = option(
         None, "--prompt-file", show_default=False, help="Style preset file (prompt: / negative: lines with {prompt}).",
     )
+    styles_file: Optional[Path] = option(
+        None, "--styles-file", show_default=False,
+        help="AUTOMATIC1111 styles.csv (name,prompt,negative_prompt) for --style; a prompts/*.txt preset of the same name wins.",
+    )
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse inputs with more pixels than this (decompression bombs).")
     batch_size: str = option(
         "auto", "--batch-size", "-b",
@@ -397,6 +401,8 @@ class RunConfig:
             job = job.replace(width=width, height=height)
         if self.style and self.prompt_file:
             raise UsageError("--style and --prompt-file contradict each other; pass one")
+        if self.styles_file is not None and not self.style:
+            raise UsageError("--styles-file needs --style NAME")
         job.validate()
         if job.scheduler:
             from .schedulers import canonical_name

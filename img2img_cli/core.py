@@ -40,7 +40,7 @@ def plan(config: RunConfig, mode) -> list[WorkItem]:
     if config.style or config.prompt_file:
         from .styles import load_prompt_file, load_style
 
-        style = load_style(config.style) if config.style else load_prompt_file(config.prompt_file)
+        style = load_style(config.style, config.styles_file) if config.style else load_prompt_file(config.prompt_file)
     rows = None
     if config.jobs is not None:
         rows = load_jobs(config.jobs, config.job)

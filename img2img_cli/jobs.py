@@ -110,44 +110,108 @@ def _row(raw: dict, where: str, base: Path, job: Job) -> JobRow:
 def load_jobs(path: Path, job: Job) -> list[JobRow]:
     """Read and validate every row of a ``.csv`` or ``.jsonl`` jobs file.
 
+    Both are read as UTF-8 (a leading byte order mark is ignored) and the text of every cell
+    or JSON string is kept exactly, line breaks included:
+
+    - CSV (``.csv``): the :mod:`csv` module over the file opened with ``newline=""`` (as the
+      module's documentation requires), excel dialect, ``strict=True``. A quoted cell may
+      span several lines (``"a cat\non a mat"``) and may hold any character (U+2028 LINE
+      SEPARATOR, U+0085, form feed...); rows end only at an unquoted ``\n``, ``\r\n`` or ``\r``.
+      The first row is the header; rows with only empty cells are skipped. An error names
+      the line on which the row *starts* (a multi-line row spans more).
+    - JSONL (``.jsonl``, ``.ndjson``, ``.json``): one JSON object per line, lines split on
+      ``\n`` only (a trailing ``\r`` is dropped), so U+2028 and the other characters
+      :meth:`str.splitlines` would split on stay inside their string; blank lines are skipped.
+
     Args:
         job: the command-line job; each row's overrides are validated against it.
 
     Raises:
-        UsageError: unreadable file, unknown extension, or a bad row (``FILE line N: ...``).
+        UsageError: unreadable file, unknown extension, malformed CSV (e.g. a quote that is
+            never closed) or JSON, or a bad row; the message names the file and line
+            (``--jobs FILE line N: ...``).
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--jobs {display(path)}: cannot read ({e})") from None
-    base = path.parent
-    rows: list[JobRow] = []
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "input" not in [f.strip().lower() for f in reader.fieldnames]:
-            raise UsageError(f"--jobs {display(path)} line 1: the header must have an 'input' column")
-        for raw in reader:
-            line = reader.line_num
-            if not any((v or "").strip() for v in raw.values() if isinstance(v, str)):
-                continue
-            r = _row(raw, f"--jobs {display(path)} line {line}", base, job)
-            rows.append(JobRow(r.input, r.overrides, r.output, line))
+        rows = _csv_rows(path, job)
     elif suffix in (".jsonl", ".ndjson", ".json"):
-        for line, raw_line in enumerate(text.splitlines(), 1):
-            if not raw_line.strip():
-                continue
-            where = f"--jobs {display(path)} line {line}"
-            try:
-                raw = json.loads(raw_line)
-            except ValueError as e:
-                raise UsageError(f"{where}: not JSON ({e})") from None
-            if not isinstance(raw, dict):
-                raise UsageError(f"{where}: expected a JSON object")
-            r = _row(raw, where, base, job)
-            rows.append(JobRow(r.input, r.overrides, r.output, line))
+        rows = _jsonl_rows(path, job)
     else:
         raise UsageError(f"--jobs {display(path)}: expected a .csv or .jsonl file")
     if not rows:
         raise UsageError(f"--jobs {display(path)}: no rows")
+    return rows
+
+
+def _cannot_read(path: Path, e: Exception) -> UsageError:
+    return UsageError(f"--jobs {display(path)}: cannot read ({e.__class__.__name__}: {e})")
+
+
+def _csv_rows(path: Path, job: Job) -> list[JobRow]:
+    base = path.parent
+    rows: list[JobRow] = []
+    start = 1
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, strict=True)
+            try:
+                # A plain csv.reader, not DictReader: DictReader skips blank lines inside
+                # __next__, which would hide where a row starts. Every reader row (blank
+                # ones included, as []) covers the lines after the previous row's last one,
+                # so a row starts on line (reader.line_num before reading it) + 1 and ends on
+                # reader.line_num after. Messages give the start line.
+                header = next(reader, None)
+                if not header or "input" not in [h.strip().lower() for h in header]:
+                    raise UsageError(f"--jobs {display(path)} line 1: the header must have an 'input' column")
+                while True:
+                    start = reader.line_num + 1
+                    cells = next(reader, None)
+                    if cells is None:
+                        break
+                    if not any(c.strip() for c in cells):
+                        continue
+                    where = f"--jobs {display(path)} line {start}"
+                    # What csv.DictReader builds: missing cells None, extra cells under key None.
+                    raw: dict = dict(zip(header, cells))
+                    for name in header[len(cells) :]:
+                        raw.setdefault(name, None)
+                    if len(cells) > len(header):
+                        raw[None] = cells[len(header) :]
+                    r = _row(raw, where, base, job)
+                    rows.append(JobRow(r.input, r.overrides, r.output, start))
+            except csv.Error as e:
+                raise UsageError(f"--jobs {display(path)} line {start}: {_csv_error(e, start, reader.line_num)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _cannot_read(path, e) from None
+    return rows
+
+
+def _csv_error(e: csv.Error, start: int, end: int) -> str:
+    """A csv.Error as message text; a row read past its start line hints at an open quote."""
+    if end > start:
+        return f"bad CSV ({e}) in the row read from this line to line {end}; is a quote left open?"
+    return f"bad CSV ({e})"
+
+
+def _jsonl_rows(path: Path, job: Job) -> list[JobRow]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _cannot_read(path, e) from None
+    base = path.parent
+    rows: list[JobRow] = []
+    for line, raw_line in enumerate(text.split("\n"), 1):
+        raw_line = raw_line.removesuffix("\r")
+        if not raw_line.strip():
+            continue
+        where = f"--jobs {display(path)} line {line}"
+        try:
+            raw = json.loads(raw_line)
+        except ValueError as e:
+            raise UsageError(f"{where}: not JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise UsageError(f"{where}: expected a JSON object")
+        r = _row(raw, where, base, job)
+        rows.append(JobRow(r.input, r.overrides, r.output, line))
     return rows
