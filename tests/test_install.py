@@ -135,7 +135,7 @@ def test_default_keeps_the_torch_that_is_there(installed):
     assert "keeping the torch" in out
     assert not any("install" in c and "torch" in c.split() for c in log), log
     assert not any("torch==2.13.0" in c for c in log), log
-    assert make(installed, "install") .strip().endswith("Nothing to be done for 'install'.")
+    assert make(installed, "install").strip().endswith("Nothing to be done for 'install'.")
 
 
 def test_default_installs_the_pin_when_there_is_no_torch(installed):
