@@ -25,12 +25,15 @@ CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 # A stand-in for python: logs its arguments; `-c '...import torch...'` exits $STUB_TORCH (0: torch
 # importable), the base-interpreter test exits $STUB_VENV (0: a base interpreter), `-m venv DIR`
-# makes DIR/bin/python a copy of itself; everything else (pip) succeeds.
+# makes DIR/bin/python a copy of itself, site-packages are /base/site-packages and $STUB_PURELIB;
+# everything else (pip) succeeds.
 STUB = r"""#!/bin/sh
 echo "$*" >> "$STUB_LOG"
 case "$*" in
   "-m venv"*) for d; do :; done; mkdir -p "$d/bin" && cp "$0" "$d/bin/python"; exit 0 ;;
   *"sys.prefix != sys.base_prefix"*) exit "${STUB_VENV:-0}" ;;
+  *"site.getsitepackages"*) echo "/base/site-packages"; exit 0 ;;
+  *"sysconfig"*) echo "$STUB_PURELIB"; exit 0 ;;
   *"import torch"*) exit "${STUB_TORCH:-0}" ;;
 esac
 exit 0
@@ -166,9 +169,22 @@ def test_new_venv(project, torch_there, base, option):
     assert (option in venv[0]) if option else ("--system-site-packages" not in venv[0])
 
 
-def test_new_venv_from_a_virtual_environment_with_torch(project):
-    """A $(PYTHON) that is itself a venv with torch (this test's own, under `make test`): .venv
-    imports the same torch."""
+def test_new_venv_from_a_virtual_environment(project):
+    """A $(PYTHON) that is itself a virtual environment with torch: a .pth file in .venv lists
+    its site-packages (--system-site-packages would reach only its base interpreter's)."""
+    python = stub(project / "base" / "python")
+    purelib = project / ".venv" / "lib" / "site-packages"
+    purelib.mkdir(parents=True)
+    make(project, ".venv/bin/python", f"PYTHON={python}", STUB_TORCH="0", STUB_VENV="1", STUB_PURELIB=str(purelib))
+    venv = [c for c in calls(project) if c.startswith("-m venv")]
+    assert len(venv) == 1 and "--system-site-packages" not in venv[0], venv
+    assert (purelib / "base-env.pth").read_text().split() == ["/base/site-packages"]
+
+
+@pytest.mark.slow
+def test_new_venv_from_a_virtual_environment_imports_its_torch(project):
+    """For real (a venv with pip: seconds): from this test's own Python, a venv with torch under
+    `make test`, .venv imports the same torch."""
     if sys.prefix == sys.base_prefix:
         pytest.skip("this Python is not a virtual environment")
     pytest.importorskip("torch")
