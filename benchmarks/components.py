@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 for _p in (ROOT, ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+from _common import pixel_diff  # noqa: E402
 from cpu import CACHE  # noqa: E402  the model benchmarks/cpu.py builds
 
 
@@ -70,7 +71,6 @@ def main() -> None:
     a = ap.parse_args()
     if not (Path(a.model) / "model_index.json").is_file():
         sys.exit(f"no model in {a.model}: run benchmarks/cpu.py once (it builds it)")
-    import numpy as np
     import torch
 
     from img2img_cli.io import load_image, resize_image
@@ -95,7 +95,7 @@ def main() -> None:
             t0 = time.perf_counter()
             out = generate(pipes[name], [Request(source, "a watercolor painting", "", 0, 0.75, a.steps, 7.5)])
             calls[name].append(time.perf_counter() - t0)
-            outputs[name] = np.asarray(out[0], dtype=np.int16)
+            outputs[name] = out[0]
     print(f"{a.model}, {a.size}x{a.size}, {a.steps} steps, strength 0.75, {a.device} {str(dtype)[6:]}, "
           f"{torch.get_num_threads()} threads, median of {a.runs} alternating calls")
     for name in settings:
@@ -104,7 +104,7 @@ def main() -> None:
         print(f"  {name:>13}: generate {statistics.median(calls[name]):6.2f} s  ({parts})")
     base = statistics.median(calls["plain"])
     print(f"  speed-up of {a.setting}: {base / statistics.median(calls[a.setting]):.2f}x; "
-          f"max pixel difference {int(np.abs(outputs['plain'] - outputs[a.setting]).max())}/255")
+          f"max pixel difference {pixel_diff(outputs['plain'], outputs[a.setting]).max}/255")
 
 
 if __name__ == "__main__":

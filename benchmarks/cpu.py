@@ -34,13 +34,10 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from _common import ROOT, bench_env, pixel_diff, run_or_exit
 
-ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "img2img-cli" / "bench" / "sd15-random-seed0"
 
 BUILD = r'''
@@ -78,29 +75,6 @@ print(json.dumps({"seconds": times, "threads": torch.get_num_threads()}))
 '''
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """Run ``cmd``; return (wall seconds, peak RSS in MiB of that process, stdout)."""
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, text=True)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        fo.seek(0)
-        fe.seek(0)
-        out, err = fo.read(), fe.read()
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"command failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return wall, usage.ru_maxrss / 1024.0, out
-
-
-def diff(a: Path, b: Path) -> tuple[int, float, float]:
-    x = np.asarray(Image.open(a).convert("RGB"), dtype=np.float64)
-    y = np.asarray(Image.open(b).convert("RGB"), dtype=np.float64)
-    mse = ((x - y) ** 2).mean()
-    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-    return int(np.abs(x - y).max()), float(np.abs(x - y).mean()), psnr
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8)
@@ -116,7 +90,7 @@ def main() -> None:
         from img2img_cli.models import cpu_has_native
 
         a.tool_args = "--compile --dtype bf16" if cpu_has_native("bf16") else "--compile"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": str(ROOT)}
+    env = bench_env()
     py = sys.executable
     if not (CACHE / "model_index.json").exists():
         print(f"building SD 1.5 with random weights in {CACHE} (once)...", flush=True)
@@ -130,28 +104,28 @@ def main() -> None:
 
         resize_image(load_image(ROOT / "examples" / "chelsea.png"), a.size, a.size, "crop").save(src)
         common = ["--steps", str(a.steps), "--strength", str(a.strength), "-g", str(a.guidance)]
-        ref_wall, ref_rss, ref_out = run_measured(
+        r = run_or_exit(
             [py, "-c", REFERENCE, str(CACHE), str(src), str(tmp / "ref.png"), str(a.steps), str(a.strength), str(a.guidance)], env)
-        ref = json.loads(ref_out.strip().splitlines()[-1])
+        ref_wall, ref_rss = r["wall"], r["rss_mib"]
+        ref = json.loads(r["out"].strip().splitlines()[-1])
 
         def tool(args: list[str], out: Path):
             cmd = [py, "-m", "img2img_cli", "run", str(src), "--model", str(CACHE), "-p", "a watercolor painting",
                    "--size", f"{a.size}x{a.size}", *common, "--seed", "0", "-N", "2", "--batch-size", "1",
                    "--json", "--quiet", "-o", str(out), *args]
-            wall, rss, out_text = run_measured(cmd, env)
-            rows = [json.loads(line) for line in out_text.splitlines() if line.startswith("{")]
-            return wall, rss, rows
+            r = run_or_exit(cmd, env)
+            rows = [json.loads(line) for line in r["out"].splitlines() if line.startswith("{")]
+            return r["wall"], r["rss_mib"], rows
 
         fast_wall, fast_rss, fast_rows = tool(shlex.split(a.tool_args), tmp / "fast")
         fp32 = None if a.no_fp32_check else tool(["--dtype", "fp32"], tmp / "fp32")
         # image 0 of -N 2 uses seed 0, as the reference does
-        d_fast = diff(tmp / "ref.png", Path(fast_rows[0]["output"]))
-        d_fp32 = diff(tmp / "ref.png", Path(fp32[2][0]["output"])) if fp32 else None
+        d_fast = pixel_diff(tmp / "ref.png", Path(fast_rows[0]["output"]))
+        d_fp32 = pixel_diff(tmp / "ref.png", Path(fp32[2][0]["output"])) if fp32 else None
     ref_warm = ref["seconds"][1]
     fast_warm = fast_rows[1]["seconds"]
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from gpu import count_flops, measure_peak, unet_calls
 
     f = count_flops(CACHE, a.size)
@@ -174,10 +148,10 @@ def main() -> None:
           f"{peak / 1e9:.0f} GFLOP/s ({peak_what}): floor {per_image / peak:.2f} s per image")
     print(f"  utilisation of that peak: reference {per_image / ref_warm / peak:.0%}, tool {per_image / fast_warm / peak:.0%}; "
           f"2.5x the reference would be {ref_warm / 2.5:.2f} s, {per_image / (ref_warm / 2.5) / peak:.0%} of the fp32 peak")
-    print(f"  output difference vs reference: max {d_fast[0]}/255, mean {d_fast[1]:.2f}/255, PSNR {d_fast[2]:.1f} dB")
+    print(f"  output difference vs reference: max {d_fast.max}/255, mean {d_fast.mean:.2f}/255, PSNR {d_fast.psnr:.1f} dB")
     if fp32:
         print(f"  img2img --dtype fp32: pipeline {fp32[2][1]['seconds']:6.2f} s warm, peak RSS {fp32[1]:7.0f} MiB, "
-              f"difference vs reference max {d_fp32[0]}/255 (PSNR {d_fp32[2]:.1f} dB)")
+              f"difference vs reference max {d_fp32.max}/255 (PSNR {d_fp32.psnr:.1f} dB)")
 
 
 if __name__ == "__main__":

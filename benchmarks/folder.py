@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-ROOT = Path(__file__).resolve().parent.parent
-PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
+from _common import PHOTOS, ROOT, bench_env, pixel_diff, run_or_exit
 
 
 def make_corpus(folder: Path, n: int) -> None:
@@ -47,23 +44,6 @@ def make_corpus(folder: Path, n: int) -> None:
             im.save(folder / f"photo-{i:03d}.png")
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str, str]:
-    """Run ``cmd`` as a child, wait with ``os.wait4`` for its own rusage.
-    Returns (wall seconds, peak RSS MiB, stdout, stderr)."""
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, text=True)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        fo.seek(0)
-        fe.seek(0)
-        out, err = fo.read(), fe.read()
-    if p.returncode:
-        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0, out, err
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=32)
@@ -74,7 +54,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     model = str(ROOT / "img2img_cli" / "models" / "tiny") if a.model == "tiny" else a.model
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": str(ROOT)}
+    env = bench_env()
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -84,14 +64,10 @@ def main() -> None:
         tool_cmd = [py, "-m", "img2img_cli", "run", str(tmp / "in"), "--model", a.model, "-p", "a watercolor painting",
                     "--steps", str(a.steps), "--strength", str(a.strength), "--seed", str(a.seed),
                     "--batch-size", a.batch_size, "-o", str(tmp / "tool"), "--quiet"]
-        ref_wall, ref_rss, ref_out, _ = run_measured(ref_cmd, env)
-        tool_wall, tool_rss, _, _ = run_measured(tool_cmd, env)
-        ref = json.loads(ref_out.strip().splitlines()[-1])
-        diffs = []
-        for f in sorted((tmp / "ref").iterdir()):
-            x = np.asarray(Image.open(f).convert("RGB"), dtype=np.int16)
-            y = np.asarray(Image.open(tmp / "tool" / f.name).convert("RGB"), dtype=np.int16)
-            diffs.append(int(np.abs(x - y).max()))
+        r_ref, r_tool = run_or_exit(ref_cmd, env), run_or_exit(tool_cmd, env)
+        ref_wall, ref_rss, tool_wall, tool_rss = r_ref["wall"], r_ref["rss_mib"], r_tool["wall"], r_tool["rss_mib"]
+        ref = json.loads(r_ref["out"].strip().splitlines()[-1])
+        diffs = [pixel_diff(f, tmp / "tool" / f.name).max for f in sorted((tmp / "ref").iterdir())]
     n = a.images
     ref_ips, ref_loop_ips, tool_ips = n / ref_wall, n / ref["loop_s"], n / tool_wall
     print(f"folder benchmark: {n} photos, model {a.model}, {a.steps} steps, strength {a.strength}, "

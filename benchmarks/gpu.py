@@ -129,41 +129,36 @@ Usage::
 Write ``--configs=...`` / ``--tool-args=...`` with ``=``: argparse takes a lone value that starts
 with ``--`` and has no space (``--tool-args --compile``) for an option of its own.
 
-Sizing (one device command runs at most 600 s). Before the work the run prints a rough time
-estimate for one H100 (``--estimate`` prints only that, on any machine, without torch). It rests
-on assumptions, not on measurements: the reference at ~1.3 s per image for SD 1.5 at 512 px with
-38 UNet calls in fp16 eager (scaled by UNet calls and pixels; SDXL ~4 s at 1024 px), the tool's
-single image at 1x that eager and 0.5x compiled, its folder at 0.6x eager and 0.3x compiled per
-image, fp32 3x, ~15 s start-up per process, ~45 s to build and save the random model (less with
-an existing ``--model-dir``), and a cold compile of 2-3 min per compiling process
-(``--est-compile-s``, 150 by default). So each ``--compile`` config costs ~5-6 min (two
-processes, (b) and (c), each compiling cold), an eager config ~1 min, the reference and the
-model ~1.5 min: one command holds the reference and about one compiled config plus one eager
-config. Take ``--images`` 24-32 (at least two batches of 8 for a steady-state figure; 64 does
-not fit with compiled configs) and ``--latency-runs`` 5-8. ``--budget-s 560`` skips a config
-part whose estimate no longer fits and kills a child still running then, so the table is
-printed before the device's 600 s limit; put the config that matters most first.
+On a CUDA machine: an environment with this project installed (``make install`` with a CUDA
+torch, see the README's *Development*, or ``pip install -e .`` into an environment whose torch
+is a CUDA build), then, from the repository root::
 
-On the GPU machine (the device tool, kind ``nvidia-h100-x1``): its image has Python 3.12, torch
-2.11, transformers 5.17, accelerate 1.15, huggingface_hub 1.33, safetensors, numpy, pillow, rich,
-click and the rest, but not diffusers, importlib_metadata, lazy-importer, pydantic (which typer
-0.29 needs), pydantic_core, typing-inspection or annotated-types (and its typer and
-typing-extensions are of unlisted versions). Here, once, in the repository root::
+    nvidia-smi -L
+    python -c "import torch; print(torch.__version__, torch.cuda.is_available())"   # must say True
+    python benchmarks/gpu.py --device cuda --images 24 --latency-runs 6 --sync-check \
+        --configs="--compile --channels-last --fuse-qkv --dtype fp16;--dtype fp16" \
+        --model-dir /tmp/sd15 --shared-compile-cache --json gpu.json 2>&1 | tee gpu.log
 
-    benchmarks/device_wheels.sh          # 9 wheels for cp312 into .whl/ (~9 MiB; /.whl/ is git-ignored)
-    python benchmarks/gpu.py --estimate --images 24 --latency-runs 6 --sync-check \
-        --configs="--compile --channels-last --fuse-qkv --dtype fp16;--dtype fp16"
+``--device cuda`` fails at once when torch sees no GPU (``--device auto`` would quietly measure
+the CPU). ``--model-dir`` keeps the random model for the next run, ``--shared-compile-cache``
+lets a second run reuse the compiled kernels, and ``--json`` keeps every figure. A machine
+without internet needs the project's dependencies as wheels: ``pip download`` them on a machine
+that has it (for the target's Python and platform: ``--python-version``, ``--platform``,
+``--only-binary=:all:``), copy the folder over, and ``pip install --no-index --find-links DIR``.
 
-Then two device calls, each ``run`` with ``carry: [".whl"]``, ``timeout_s: 600`` (the log and
-JSON come back from ``$OUT``). First, the CUDA default against the plain tool, with the sync
-check (estimate ~500 s)::
-
-    set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; nvidia-smi -L; python3 -c "import torch, diffusers, typer, img2img_cli.cli; print(torch.__version__, torch.cuda.is_available(), diffusers.__version__, typer.__version__)" || exit; PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --device cuda --images 24 --latency-runs 6 --sync-check --configs="--compile --channels-last --fuse-qkv --dtype fp16;--dtype fp16" --model-dir /tmp/sd15 --shared-compile-cache --budget-s 560 --json $OUT/gpu.json 2>&1 | tee $OUT/gpu.log
-
-Second, right after (on a machine still warm the model in /tmp/sd15 and the compile caches are
-reused; on a fresh one they are rebuilt), the sweep (estimate ~500 s)::
-
-    set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --device cuda --images 24 --latency-runs 6 --configs="--compile --channels-last --fuse-qkv --dtype bf16;--dtype fp16 --channels-last --fuse-qkv" --model-dir /tmp/sd15 --shared-compile-cache --budget-s 560 --json $OUT/sweep.json 2>&1 | tee $OUT/sweep.log
+How long it takes: before the work the run prints a rough time estimate for one H100
+(``--estimate`` prints only that, on any machine, without torch). It rests on assumptions, not
+on measurements: the reference at ~1.3 s per image for SD 1.5 at 512 px with 38 UNet calls in
+fp16 eager (scaled by UNet calls and pixels; SDXL ~4 s at 1024 px), the tool's single image at
+1x that eager and 0.5x compiled, its folder at 0.6x eager and 0.3x compiled per image, fp32 3x,
+~15 s start-up per process, ~45 s to build and save the random model (less with an existing
+``--model-dir``), and a cold compile of 2-3 min per compiling process (``--est-compile-s``, 150
+by default). So each ``--compile`` config costs ~5-6 min (two processes, (b) and (c), each
+compiling cold), an eager config ~1 min, the reference and the model ~1.5 min. ``--images``
+24-32 gives at least two batches of 8 for a steady-state figure and ``--latency-runs`` 5-8 a
+stable median. Where the machine is yours for a fixed time, ``--budget-s S`` skips a config
+part whose estimate no longer fits in S seconds and kills a child still running then, so the
+table is still printed; put the config that matters most first.
 
 Nothing here has been measured on a GPU yet: the figures above are assumptions for sizing.
 """
@@ -177,17 +172,16 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import PHOTOS, ROOT, bench_env, launcher_rss_mib, pixel_diff, run_measured
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
 PROMPT = "a watercolor painting"
 RESULT = "GPU_BENCH_RESULT "
 DEFAULT_TOOL_ARGS = {
@@ -533,25 +527,19 @@ def parse_tool_args(args: list[str], what: str = "--tool-args") -> argparse.Name
 
 def compare_outputs(outs: list, ref_dir: Path) -> dict | None:
     """Pixel differences (0-255) between ``outs[i]`` and the reference's ``ref-{i}.png``."""
-    import numpy as np
-    from PIL import Image
-
     diffs = []
     for i, out in enumerate(outs):
         p = ref_dir / f"ref-{i:03d}.png"
         if not p.is_file():
             break
-        with Image.open(p) as im:
-            ref = np.asarray(im.convert("RGB"), dtype=np.int16)
-        mine = np.asarray(out.convert("RGB"), dtype=np.int16)
-        if ref.shape != mine.shape:
-            return {"error": f"shape {mine.shape} vs reference {ref.shape}"}
-        diffs.append(np.abs(mine - ref))
+        try:
+            diffs.append(pixel_diff(out, p))
+        except ValueError as e:
+            return {"error": f"{e} (output vs reference)"}
     if not diffs:
         return None
-    d = np.stack(diffs)
-    return {"images": len(diffs), "max": int(d.max()), "mean": float(d.mean()),
-            "identical": int(sum(int(x.max() == 0) for x in diffs))}
+    return {"images": len(diffs), "max": max(d.max for d in diffs), "mean": sum(d.mean for d in diffs) / len(diffs),
+            "identical": sum(d.identical for d in diffs)}
 
 
 def sync_check(pipe, request) -> dict:
@@ -687,7 +675,7 @@ def worker_tool(c: dict) -> dict:
 
 def worker_prepare(c: dict) -> dict:
     """Device, model (built if needed), UNet calls, FLOPs and the measured peak of each dtype in
-    use, in a child process so that the launcher stays small (see ``run_measured``)."""
+    use, in a child process so that the launcher stays small (see ``_common.run_measured``)."""
     import diffusers
     import torch
 
@@ -730,46 +718,6 @@ WORKERS = {"prepare": worker_prepare, "reference": worker_reference, "tool": wor
 
 
 # --- running children ---------------------------------------------------------------------
-
-
-def run_measured(cmd: list[str], env: dict, timeout: float | None = None) -> dict:
-    """Run ``cmd`` as a child and wait with ``os.wait4`` for its own rusage. Returns spawn time
-    (``time.time()``), wall seconds, peak RSS MiB, stdout, stderr, exit code; with ``timeout``
-    (seconds) the child is killed then (``killed`` in the result).
-
-    Linux records the high-water RSS of the memory image that ``exec`` replaces, which for a
-    child started by (v)fork is the launcher's: a child's ``ru_maxrss`` is at least the
-    launcher's own peak. The launcher therefore never imports torch (the heavy work is in
-    child processes) and prints its own peak RSS, the floor of every figure."""
-    import threading
-
-    killed = threading.Event()
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        spawn = time.time()
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, text=True)
-        timer = None
-        if timeout is not None:
-            def kill():
-                killed.set()
-                try:
-                    p.kill()
-                except OSError:
-                    pass
-            timer = threading.Timer(max(timeout, 1.0), kill)
-            timer.daemon = True
-            timer.start()
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-        if timer is not None:
-            timer.cancel()
-        wall = time.perf_counter() - t0
-        end = time.time()
-        fo.seek(0)
-        fe.seek(0)
-        out, err = fo.read(), fe.read()
-    return {"spawn": spawn, "end": end, "wall": wall, "rss_mib": usage.ru_maxrss / 1024.0,
-            "out": out, "err": err, "rc": p.returncode, "killed": killed.is_set()}
 
 
 class BenchError(Exception):
@@ -892,10 +840,11 @@ def print_estimate(a, configs: list[str]) -> dict:
           f"{EST_PROCESS_S[a.model]:.0f} s start-up per process, {a.est_compile_s:.0f} s per compiling process "
           f"(--est-compile-s)):", flush=True)
     print("  " + ", ".join(f"{label} ~{s:.0f} s" for label, s in parts) + f"; total ~{total:.0f} s", flush=True)
-    if total > 540:
-        print(f"  WARNING: ~{total:.0f} s is more than 540 s, and a device command is stopped at 600 s: use fewer "
-              "--images / --latency-runs / configs, or split the configs across calls; --budget-s skips what "
-              "would not fit and still prints the table", flush=True)
+    limit = a.budget_s if a.budget_s is not None else 540.0
+    if total > limit:
+        print(f"  WARNING: ~{total:.0f} s is more than {limit:.0f} s{' (--budget-s)' if a.budget_s is not None else ''}: "
+              "where the machine's time is limited use fewer --images / --latency-runs / configs, or split the configs "
+              "across runs; --budget-s skips what would not fit and still prints the table", flush=True)
     return per
 
 
@@ -943,7 +892,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64,
                     help="photos in the folder run (c) and the reference loop (a); at least 2 batches for a "
                          "steady-state figure (the folder runs 8 per batch on CUDA for SD 1.5): 24-32 on an H100 "
-                         "to fit one 600 s device command")
+                         "keeps a run with a compiled config under 10 minutes")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--size", type=int, default=None, help="square side in px (512; 1024 for SDXL; 64 for tiny)")
     ap.add_argument("--strength", type=float, default=0.75)
@@ -991,8 +940,8 @@ def main() -> None:
         return
     missing = [m for m in ("torch", "diffusers", "transformers", "typer", "PIL") if importlib.util.find_spec(m) is None]
     if missing:
-        sys.exit(f"gpu.py: missing {', '.join(missing)}: install them (the wheels from benchmarks/device_wheels.sh; "
-                 "see the docstring)")
+        sys.exit(f"gpu.py: missing {', '.join(missing)}: install the project (`make install` or `pip install -e .`; "
+                 "for a machine without internet see the docstring)")
     t_all = time.perf_counter()
 
     def left() -> float | None:
@@ -1004,8 +953,7 @@ def main() -> None:
     # the dtypes whose matmul peak is measured: the reference's and each config's ("auto" is the
     # device's default, fp16 on CUDA and fp32 on a CPU, as in the default configs)
     tool_dtypes = sorted({parse_tool_args(shlex.split(c)).dtype for c in (given or [""])})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
-           "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = bench_env(DIFFUSERS_VERBOSITY="error", PYTHONUNBUFFERED="1")
     tmp = Path(tempfile.mkdtemp(prefix="img2img-bench-gpu-"))
     rows: list[dict] = []
     results: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}}
@@ -1143,9 +1091,7 @@ def main() -> None:
                                prep["ref_dtype"] if a.device != "cuda" else "float16", mfu, verdict, judged)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    import resource
-
-    launcher_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    launcher_rss = launcher_rss_mib()
 
     # --- the table ----------------------------------------------------------------------------
     print()
