@@ -20,8 +20,19 @@ Two adaptations to current library versions:
 * transformers >= 5 saves ``CLIPTextModel`` without the ``text_model.`` prefix, which original
   checkpoints carry (``cond_stage_model.transformer.text_model....``); it is added back.
 
-Only the SD 1.x text layout (OpenAI CLIP under ``cond_stage_model.transformer``) is written; SD 2.x's
-OpenCLIP layout and SDXL's two encoders are not supported.
+SDXL base pipelines (two text encoders) are written in the layout of Stability AI's original SDXL
+checkpoints (``sd_xl_base_1.0.safetensors``, generative-models / SGM): UNet under
+``model.diffusion_model.`` (its ``add_embedding`` as ``label_emb.0.0`` / ``label_emb.0.2``, as in
+diffusers ``scripts/convert_diffusers_to_original_sdxl.py``), VAE under ``first_stage_model.``, the
+CLIP ViT-L encoder under ``conditioner.embedders.0.transformer.text_model.`` and the second
+encoder in OpenCLIP layout under ``conditioner.embedders.1.model.`` (``transformer.resblocks.N``
+with fused ``attn.in_proj_weight``, ``ln_1``/``ln_2``, ``mlp.c_fc``/``mlp.c_proj``, ``ln_final``,
+``token_embedding``, ``positional_embedding`` and ``text_projection`` stored transposed): the
+inverse of diffusers ``single_file_utils.convert_open_clip_checkpoint`` and of the
+``DIFFUSERS_TO_LDM_MAPPING["openclip"]`` table it uses.
+
+SD 2.x's OpenCLIP layout (``cond_stage_model.model.``) and SDXL refiner checkpoints (one OpenCLIP
+encoder under ``conditioner.embedders.0.model.``) are not written.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import torch
 from safetensors.torch import save_file
 
 __all__ = [
+    "convert_open_clip_text_enc_state_dict",
     "convert_text_enc_state_dict",
     "convert_unet_state_dict",
     "convert_vae_state_dict",
@@ -56,6 +68,16 @@ unet_conversion_map = [
     ("out.0.bias", "conv_norm_out.bias"),
     ("out.2.weight", "conv_out.weight"),
     ("out.2.bias", "conv_out.bias"),
+]
+
+# SDXL's micro-conditioning embedding (diffusers scripts/convert_diffusers_to_original_sdxl.py);
+# only mapped when the UNet has it (``addition_embed_type="text_time"``).
+unet_conversion_map_add_embedding = [
+    # (stable-diffusion, HF Diffusers)
+    ("label_emb.0.0.weight", "add_embedding.linear_1.weight"),
+    ("label_emb.0.0.bias", "add_embedding.linear_1.bias"),
+    ("label_emb.0.2.weight", "add_embedding.linear_2.weight"),
+    ("label_emb.0.2.bias", "add_embedding.linear_2.bias"),
 ]
 
 unet_conversion_map_resnet = [
@@ -140,6 +162,9 @@ def convert_unet_state_dict(unet_state_dict: dict[str, torch.Tensor], config: An
     mapping = {k: k for k in unet_state_dict.keys()}
     for sd_name, hf_name in unet_conversion_map:
         mapping[hf_name] = sd_name
+    for sd_name, hf_name in unet_conversion_map_add_embedding:
+        if hf_name in unet_state_dict:
+            mapping[hf_name] = sd_name
     for k, v in mapping.items():
         if "resnets" in k:
             for sd_part, hf_part in unet_conversion_map_resnet:
@@ -153,8 +178,8 @@ def convert_unet_state_dict(unet_state_dict: dict[str, torch.Tensor], config: An
     _check_converted(
         "UNet",
         new_state_dict,
-        allowed_prefixes=("time_embed.", "input_blocks.", "middle_block.", "output_blocks.", "out."),
-        forbidden=_DIFFUSERS_BLOCK_NAMES + ("time_embedding.", "conv_norm_out."),
+        allowed_prefixes=("time_embed.", "label_emb.", "input_blocks.", "middle_block.", "output_blocks.", "out."),
+        forbidden=_DIFFUSERS_BLOCK_NAMES + ("time_embedding.", "conv_norm_out.", "add_embedding."),
     )
     return new_state_dict
 
@@ -286,20 +311,72 @@ def convert_text_enc_state_dict(text_enc_dict: dict[str, torch.Tensor]) -> dict[
     return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in text_enc_dict.items()}
 
 
+def convert_open_clip_text_enc_state_dict(text_enc_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers ``CLIPTextModelWithProjection`` state dict in OpenCLIP's layout (the keys
+    after ``conditioner.embedders.1.model.`` in an SDXL checkpoint).
+
+    The inverse of diffusers ``convert_open_clip_checkpoint``: the per-layer ``q/k/v_proj`` are
+    concatenated (in that order) into ``attn.in_proj_weight`` / ``attn.in_proj_bias``, and the
+    projection is stored as ``text_projection`` of shape ``(width, projection_dim)``
+    (``nn.Linear`` weight transposed; diffusers reads the width back from its first dimension).
+    """
+    sd = {(k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k): v for k, v in text_enc_dict.items()}
+    sd.pop("text_model.embeddings.position_ids", None)
+    out: dict[str, torch.Tensor] = {}
+    for diffusers_key, ldm_key in _OPEN_CLIP_STATIC.items():
+        value = sd.pop(diffusers_key)
+        out[ldm_key] = value.T.contiguous() if ldm_key == "text_projection" else value
+    layer_prefix = "text_model.encoder.layers."
+    n_layers = len({k[len(layer_prefix) :].split(".")[0] for k in sd if k.startswith(layer_prefix)})
+    for i in range(n_layers):
+        src, dst = f"{layer_prefix}{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(
+                [sd.pop(f"{src}self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")], dim=0
+            )
+            for hf_part, sd_part in _OPEN_CLIP_LAYER_PARTS:
+                out[f"{dst}{sd_part}.{kind}"] = sd.pop(f"{src}{hf_part}.{kind}")
+    if sd:
+        raise ValueError(f"OpenCLIP text encoder: {len(sd)} key(s) not converted, e.g. {sorted(sd)[:5]}")
+    return out
+
+
+# diffusers DIFFUSERS_TO_LDM_MAPPING["openclip"]["layers"] (diffusers name -> OpenCLIP name).
+_OPEN_CLIP_STATIC = {
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "text_projection.weight": "text_projection",
+}
+# diffusers DIFFUSERS_TO_LDM_MAPPING["openclip"]["transformer"], per layer (q/k/v handled apart).
+_OPEN_CLIP_LAYER_PARTS = (
+    ("self_attn.out_proj", "attn.out_proj"),
+    ("layer_norm1", "ln_1"),
+    ("layer_norm2", "ln_2"),
+    ("mlp.fc1", "mlp.c_fc"),
+    ("mlp.fc2", "mlp.c_proj"),
+)
+
+
 # ===========#
 # Whole file #
 # ===========#
 
 
 def save_original_checkpoint(pipe: Any, path: Path, *, half: bool = False) -> None:
-    """Write ``pipe.unet``, ``pipe.vae`` and ``pipe.text_encoder`` as one original-layout ``.safetensors``.
+    """Write ``pipe.unet``, ``pipe.vae`` and the text encoder(s) as one original-layout ``.safetensors``.
 
-    ``pipe`` is a diffusers StableDiffusion(Img2Img)Pipeline with an SD 1.x style CLIP text encoder.
+    ``pipe`` is a diffusers StableDiffusion(Img2Img)Pipeline with an SD 1.x style CLIP text encoder
+    (written under ``cond_stage_model.transformer.``), or a StableDiffusionXL(Img2Img)Pipeline with
+    both encoders (SDXL base layout: ``conditioner.embedders.0.transformer.`` and, in OpenCLIP
+    layout, ``conditioner.embedders.1.model.``).
     Scheduler, tokenizer and safety checker are not part of an original checkpoint and are ignored.
     With ``half=True`` floating-point tensors are stored as float16 (like ``--half`` in the script).
     """
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise NotImplementedError("SDXL pipelines (two text encoders) are not supported by this helper")
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    if sdxl and getattr(pipe, "text_encoder", None) is None:
+        raise NotImplementedError("SDXL refiner pipelines (one OpenCLIP encoder) are not supported by this helper")
 
     unet_state_dict = convert_unet_state_dict(pipe.unet.state_dict(), pipe.unet.config)
     unet_state_dict = {"model.diffusion_model." + k: v for k, v in unet_state_dict.items()}
@@ -308,11 +385,17 @@ def save_original_checkpoint(pipe: Any, path: Path, *, half: bool = False) -> No
     vae_state_dict = {"first_stage_model." + k: v for k, v in vae_state_dict.items()}
 
     text_enc_dict = convert_text_enc_state_dict(pipe.text_encoder.state_dict())
-    text_enc_dict = {"cond_stage_model.transformer." + k: v for k, v in text_enc_dict.items()}
+    text_prefix = "conditioner.embedders.0.transformer." if sdxl else "cond_stage_model.transformer."
+    text_enc_dict = {text_prefix + k: v for k, v in text_enc_dict.items()}
+
+    text_enc_2_dict: dict[str, torch.Tensor] = {}
+    if sdxl:
+        text_enc_2_dict = convert_open_clip_text_enc_state_dict(pipe.text_encoder_2.state_dict())
+        text_enc_2_dict = {"conditioner.embedders.1.model." + k: v for k, v in text_enc_2_dict.items()}
 
     # Put together new checkpoint
-    state_dict = {**unet_state_dict, **vae_state_dict, **text_enc_dict}
-    expected = len(unet_state_dict) + len(vae_state_dict) + len(text_enc_dict)
+    state_dict = {**unet_state_dict, **vae_state_dict, **text_enc_dict, **text_enc_2_dict}
+    expected = len(unet_state_dict) + len(vae_state_dict) + len(text_enc_dict) + len(text_enc_2_dict)
     if len(state_dict) != expected:
         raise ValueError("key collision while assembling the checkpoint")
 
