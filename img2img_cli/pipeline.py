@@ -50,8 +50,9 @@ class Request:
         return self.image.size
 
     def batch_key(self) -> tuple:
-        """Requests with equal keys can share one pipeline call."""
-        return (self.size, self.strength, self.steps, self.guidance_scale)
+        """Requests with equal keys can share one pipeline call (an empty negative prompt is
+        passed as ``None``, see :func:`generate`, so it cannot share a call with a non-empty one)."""
+        return (self.size, self.strength, self.steps, self.guidance_scale, not self.negative_prompt)
 
 
 def to_tensor(image, *, pin: bool = False):
@@ -122,7 +123,9 @@ def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list
         return []
     key = requests[0].batch_key()
     if any(r.batch_key() != key for r in requests):
-        raise ValueError("requests in one batch must share size, strength, steps and guidance scale")
+        raise ValueError(
+            "requests in one batch must share size, strength, steps, guidance scale and whether the negative prompt is empty"
+        )
     first = requests[0]
     generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
     final = {}
@@ -136,7 +139,10 @@ def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list
     with torch.inference_mode():
         out = pipe(
             prompt=[r.prompt for r in requests],
-            negative_prompt=[r.negative_prompt for r in requests],
+            # None, not "", for no negative prompt: what the pipeline called without one gets.
+            # SD 1.x / 2.x encode "" either way; SDXL base (force_zeros_for_empty_prompt) then
+            # uses zero negative embeddings, as diffusers and A1111 (sd_models_xl.py) do.
+            negative_prompt=[r.negative_prompt for r in requests] if first.negative_prompt else None,
             image=_to_device_images([r.image for r in requests], pipe._execution_device),
             strength=first.strength,
             num_inference_steps=first.steps,

@@ -99,7 +99,7 @@ class Unit:
     def key(self) -> tuple:
         """Units with equal keys can share one pipeline call."""
         j = self.item.job
-        return (self.item.size, j.strength, j.steps, j.guidance_scale, self.item.mode_key)
+        return (self.item.size, j.strength, j.steps, j.guidance_scale, not self.item.negative_prompt, self.item.mode_key)
 
 
 def plan_work(

@@ -140,12 +140,6 @@ def test_cli_equals_sdxl_img2img_pipeline_called_directly(folder_out, sdxl_pipe,
         assert field in text, (field, text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pipeline.generate passes negative_prompt=[''] when -n is not given; SDXL base "
-    "(force_zeros_for_empty_prompt=True) zeroes the negative embeddings only for "
-    "negative_prompt=None, so the CLI differs from the pipeline called without a negative prompt",
-)
 def test_cli_without_negative_prompt_equals_pipeline_default(tmp_path, sdxl_dir, sdxl_pipe, sources):
     src = sources[0]
     out = tmp_path / "ours.png"
