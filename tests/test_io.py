@@ -45,6 +45,41 @@ def test_target_size(src, native, w, h, expected):
     assert target_size(src, native, w, h) == expected
 
 
+PALETTE = {
+    "red": (255, 0, 0),
+    "blue": (0, 0, 255),
+    "green": (0, 255, 0),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+}
+
+
+def framed(w=120, h=60, border=6):
+    """Quadrants red, blue / green, yellow (the left and right halves differ, and so do the top
+    and bottom), framed by edge stripes: cyan left, magenta right, white top, black bottom."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[: h // 2, : w // 2] = PALETTE["red"]
+    a[: h // 2, w // 2 :] = PALETTE["blue"]
+    a[h // 2 :, : w // 2] = PALETTE["green"]
+    a[h // 2 :, w // 2 :] = PALETTE["yellow"]
+    a[:, :border] = PALETTE["cyan"]
+    a[:, -border:] = PALETTE["magenta"]
+    a[:border] = PALETTE["white"]
+    a[-border:] = PALETTE["black"]
+    return Image.fromarray(a)
+
+
+def colour(a, x, y):
+    """The palette colour of pixel ``(x, y)`` of array ``a`` (within 40 per channel), or None."""
+    for name, rgb in PALETTE.items():
+        if max(abs(int(v) - c) for v, c in zip(a[y, x], rgb)) <= 40:
+            return name
+    return None
+
+
 def test_resize_modes_follow_a1111():
     im = two_colour(100, 50)
     crop = np.asarray(resize_image(im, 50, 50, "crop"))
@@ -59,6 +94,61 @@ def test_resize_modes_follow_a1111():
     tall = np.asarray(resize_image(Image.fromarray(np.full((10, 10, 3), 200, np.uint8)), 40, 20, "fill"))
     assert (tall == 200).all()  # no black bars
     assert resize_image(im, 100, 50, "crop") is im  # already the size: untouched
+    with pytest.raises(ValueError, match="resize mode 'stretch'"):
+        resize_image(im, 50, 50, "stretch")
+
+
+@pytest.mark.parametrize("size", [(40, 40), (90, 30), (30, 60), (64, 24), (200, 40)])
+def test_resize_modes_are_diffusers_vae_image_processor(size):
+    """``just``/``crop``/``fill`` are diffusers' ``VaeImageProcessor.resize`` modes
+    ``default``/``crop``/``fill`` (LANCZOS), pixel for pixel; on a target whose aspect ratio
+    differs from the source's the three differ, so two modes swapped (or width and height
+    swapped: ``resize`` takes ``height, width``) fail here."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    w, h = size
+    im = framed(120, 60)
+    processor = VaeImageProcessor(resample="lanczos")
+    ours = {mode: np.asarray(resize_image(im, w, h, mode)) for mode in ("just", "crop", "fill")}
+    for mode, theirs in [("just", "default"), ("crop", "crop"), ("fill", "fill")]:
+        expected = np.asarray(processor.resize(im, h, w, resize_mode=theirs))
+        assert ours[mode].shape == (h, w, 3)
+        np.testing.assert_array_equal(ours[mode], expected, err_msg=mode)
+    np.testing.assert_array_equal(ours["just"], np.asarray(im.resize((w, h), Image.Resampling.LANCZOS)))
+    assert not np.array_equal(ours["crop"], ours["fill"])
+    assert not np.array_equal(ours["fill"], ours["just"])
+    assert not np.array_equal(ours["crop"], ours["just"])
+
+
+def test_resize_modes_by_hand():
+    """What each mode keeps of the framed 120x60 (2:1) source, visibly."""
+    im = framed(120, 60)
+    # wider target, 90x30 (3:1)
+    just, crop, fill = (np.asarray(resize_image(im, 90, 30, m)) for m in ("just", "crop", "fill"))
+    # just: the whole frame, squeezed: white top row, cyan left edge, red at x=12
+    assert [colour(just, x, 0) for x in (3, 30, 60, 87)] == ["white"] * 4
+    assert [colour(just, x, 9) for x in (0, 12, 60, 89)] == ["cyan", "red", "blue", "magenta"]
+    assert [colour(just, x, 22) for x in (0, 12, 60, 89)] == ["cyan", "green", "yellow", "magenta"]
+    assert colour(just, 45, 29) == "black"
+    # crop: scaled to 90x45, 7 rows cut at the top and bottom: no white or black stripe left
+    assert [colour(crop, x, 0) for x in (0, 12, 60, 89)] == ["cyan", "red", "blue", "magenta"]
+    assert [colour(crop, x, 29) for x in (0, 12, 60, 89)] == ["cyan", "green", "yellow", "magenta"]
+    # fill: scaled to 60x30 at x=15..74, side bands repeat the edge columns (cyan, magenta)
+    assert [colour(fill, x, 0) for x in (3, 30, 60, 87)] == ["white"] * 4
+    assert [colour(fill, x, 9) for x in (0, 12, 24, 60, 80, 89)] == ["cyan", "cyan", "red", "blue", "magenta", "magenta"]
+    assert colour(fill, 45, 29) == "black"
+
+    # taller target, 30x60 (1:2)
+    just, crop, fill = (np.asarray(resize_image(im, 30, 60, m)) for m in ("just", "crop", "fill"))
+    assert [colour(just, x, 15) for x in (0, 9, 24)] == ["cyan", "red", "blue"]
+    assert [colour(just, y=y, x=12) for y in (0, 15, 45, 59)] == ["white", "red", "green", "black"]
+    # crop: the middle 30 of 120 columns: no cyan or magenta stripe, left meets right at x=15
+    assert [colour(crop, x, 15) for x in (0, 9, 24, 29)] == ["red", "red", "blue", "blue"]
+    assert [colour(crop, x, 45) for x in (0, 29)] == ["green", "yellow"]
+    assert colour(crop, 12, 0) == "white" and colour(crop, 12, 59) == "black"
+    # fill: scaled to 30x15 at y=22..36, bands above and below repeat the white and black rows
+    assert [colour(fill, 12, y) for y in (0, 15, 45, 59)] == ["white", "white", "black", "black"]
+    assert [colour(fill, x, 27) for x in (6, 24)] == ["red", "blue"]
 
 
 def test_load_image_modes_and_orientation(tmp_path):
