@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,16 @@ from PIL import Image
 from img2img_cli.batch import InputItem, OutputPlan, collect_inputs
 from img2img_cli.config import Job, parse_size
 from img2img_cli.errors import InputError, OutputError, UsageError
-from img2img_cli.io import atomic_save, free_name, load_image, resize_image, target_size
+from img2img_cli import io as io_module
+from img2img_cli.io import (
+    atomic_save,
+    free_name,
+    load_image,
+    remove_stale_temp_files,
+    resize_image,
+    target_size,
+    temp_prefix,
+)
 from img2img_cli.metadata import read_infotext
 from img2img_cli.styles import Style, parse_style
 
@@ -189,13 +201,89 @@ def test_atomic_save_never_overwrites_and_leaves_no_temp(tmp_path):
     assert free_name(dest) == tmp_path / "sub" / "a-0002.png"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_atomic_save_unwritable_folder(tmp_path):
+def test_atomic_save_unwritable_folder(tmp_path, monkeypatch):
+    """A folder that refuses new files (EACCES from ``open(O_CREAT)``, as a mode 0500 folder
+    gives a user other than root): one line naming the file, ``errno`` kept, nothing left."""
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
-    with pytest.raises(OutputError, match="ro"):
+    real_open = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if Path(os.fsdecode(path)).parent == ro:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)  # what tempfile.mkstemp calls
+    with pytest.raises(OutputError) as e:
         atomic_save(Image.new("RGB", (8, 8)), ro / "a.png", "png", "x\nSteps: 1, Seed: 1, Size: 8x8")
+    message = str(e.value)
+    assert message.startswith(f"{ro / 'a.png'}: cannot write (") and "Permission denied" in message
+    assert "\n" not in message
+    assert e.value.errno == errno.EACCES and e.value.exit_code == 1
+    assert list(ro.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    """The pid of a child process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("host", [None, "build-7"])  # this host's name, or a name with dashes and digits
+def test_remove_stale_temp_files(tmp_path, monkeypatch, host):
+    if host is not None:
+        monkeypatch.setattr(io_module, "_HOST", host)
+    here = io_module._HOST
+    assert temp_prefix() == f".img2img-{here}-{os.getpid()}-"
+    dead = _dead_pid()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        alive = sleeper.pid
+        names = {
+            f".img2img-{here}-{dead}-abc123_x.tmp": False,  # a dead process of this host: removed
+            f".img2img-{here}-{dead}-q.tmp": False,
+            f"{temp_prefix()}mine.tmp": True,  # this process
+            f".img2img-{here}-{alive}-abc.tmp": True,  # a live process
+            f".img2img-other-host-{dead}-abc.tmp": True,  # another host (a shared folder)
+            f".img2img-{here}x-{dead}-abc.tmp": True,
+            f".img2img-{here}-{dead}-abc.png": True,  # not a temporary file
+            f"img2img-{here}-{dead}-abc.tmp": True,  # not hidden
+            f".img2img-{here}-{dead}.tmp": True,
+            f".img2img-{here}--abc.tmp": True,
+            "notes.tmp": True,
+            "a.png": True,
+        }
+        for name in names:
+            (tmp_path / name).write_bytes(b"x")
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / f".img2img-{here}-{dead}-abc.tmp").write_bytes(b"x")  # subfolders: not looked at
+        assert remove_stale_temp_files(tmp_path) == 2
+        kept = {name for name, keep in names.items() if keep}
+        assert {p.name for p in tmp_path.iterdir()} == kept | {"sub"}
+        assert (tmp_path / "sub" / f".img2img-{here}-{dead}-abc.tmp").exists()
+        # a live process of another user: os.kill(pid, 0) raises PermissionError, the file stays
+        real_kill = os.kill
+
+        def kill(pid, sig):
+            if pid == dead:
+                raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+            return real_kill(pid, sig)
+
+        (tmp_path / f".img2img-{here}-{dead}-other-user.tmp").write_bytes(b"x")
+        monkeypatch.setattr(os, "kill", kill)
+        assert remove_stale_temp_files(tmp_path) == 0
+        assert (tmp_path / f".img2img-{here}-{dead}-other-user.tmp").exists()
+        monkeypatch.setattr(os, "kill", real_kill)
+        # once the live process has gone, its file goes too
+        sleeper.kill()
+        sleeper.wait()
+        assert remove_stale_temp_files(tmp_path) == 2
+        assert not (tmp_path / f".img2img-{here}-{alive}-abc.tmp").exists()
+        assert remove_stale_temp_files(tmp_path / "missing") == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_output_plan():
