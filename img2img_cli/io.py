@@ -5,6 +5,7 @@ resize modes, output naming and atomic writes. No model code here.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import socket
@@ -230,58 +231,43 @@ def target_size(
     return round8(native * sw / sh, multiple), round8(native)
 
 
+#: ``--resize-mode`` (A1111's names) -> diffusers' ``VaeImageProcessor.resize(resize_mode=...)``.
+RESIZE_MODES = {"just": "default", "crop": "crop", "fill": "fill"}
+
+
+@functools.lru_cache(maxsize=1)
+def _image_processor():
+    """diffusers' ``VaeImageProcessor`` with LANCZOS resampling and no ``reducing_gap`` (its
+    defaults, set here explicitly so a change of defaults cannot change our pixels). Imported
+    lazily: diffusers imports torch, which ``img2img --help`` must not pay for."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(resample="lanczos", reducing_gap=None)
+
+
 def resize_image(im, width: int, height: int, mode: str = "crop"):
     """Fit ``im`` to ``width x height`` with one of A1111's resize modes.
 
-    Ported from AUTOMATIC1111 ``modules/images.py: resize_image`` (LANCZOS resampling):
+    Done by diffusers' ``VaeImageProcessor.resize`` (LANCZOS resampling), whose
+    ``_resize_and_crop``/``_resize_and_fill`` are AUTOMATIC1111's ``modules/images.py:
+    resize_image``:
 
-    - ``just`` ("Just resize"): stretch to the size, aspect ratio not kept;
+    - ``just`` ("Just resize", diffusers ``"default"``): stretch to the size, aspect ratio
+      not kept;
     - ``crop`` ("Crop and resize"): scale to cover the size, centre-crop the excess;
     - ``fill`` ("Resize and fill"): scale to fit inside, fill the bands with the image's
       stretched edge rows or columns.
 
     An image already at the size is returned unchanged.
-    """
-    from PIL import Image
 
+    Raises:
+        ValueError: an unknown ``mode``.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r}")
     if im.size == (width, height):
         return im
-    lanczos = Image.Resampling.LANCZOS
-    if mode == "just":
-        return im.resize((width, height), lanczos)
-    ratio = width / height
-    src_ratio = im.width / im.height
-    if mode == "crop":
-        src_w = width if ratio > src_ratio else im.width * height // im.height
-        src_h = height if ratio <= src_ratio else im.height * width // im.width
-        resized = im.resize((src_w, src_h), lanczos)
-        res = Image.new("RGB", (width, height))
-        res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
-        return res
-    if mode == "fill":
-        src_w = width if ratio < src_ratio else im.width * height // im.height
-        src_h = height if ratio >= src_ratio else im.height * width // im.width
-        resized = im.resize((src_w, src_h), lanczos)
-        res = Image.new("RGB", (width, height))
-        res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
-        if ratio < src_ratio:
-            fill_height = height // 2 - src_h // 2
-            if fill_height > 0:
-                res.paste(resized.resize((width, fill_height), box=(0, 0, width, 0)), box=(0, 0))
-                res.paste(
-                    resized.resize((width, fill_height), box=(0, resized.height, width, resized.height)),
-                    box=(0, fill_height + src_h),
-                )
-        elif ratio > src_ratio:
-            fill_width = width // 2 - src_w // 2
-            if fill_width > 0:
-                res.paste(resized.resize((fill_width, height), box=(0, 0, 0, height)), box=(0, 0))
-                res.paste(
-                    resized.resize((fill_width, height), box=(resized.width, 0, resized.width, height)),
-                    box=(fill_width + src_w, 0),
-                )
-        return res
-    raise ValueError(f"unknown resize mode {mode!r}")
+    return _image_processor().resize(im, height, width, resize_mode=RESIZE_MODES[mode])
 
 
 def output_name(rel: Path, fmt: str, k: int | None = None) -> Path:

@@ -410,19 +410,37 @@ def test_real_process_stderr_is_clean(tmp_path):
     assert sorted(os.listdir(os.fsencode(out))) == sorted([mc.BAD_NAME, b"tiny-3x2.png"])
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads a chmod 000 file anyway")
-def test_unreadable_file_is_refused(tmp_path, one_torch_thread):
+def test_unreadable_file_is_refused(tmp_path, one_torch_thread, monkeypatch):
+    """A file that cannot be opened (EACCES, as a mode 000 file gives a user other than root;
+    raised here by ``open`` for that one path, so that it runs as root too): one stderr line
+    naming the file, the rest of the folder processed, exit code 1."""
+    import builtins
+    import errno
+    import io
+
     d = tmp_path / "in"
     d.mkdir()
     p = d / "unreadable.png"
     shutil.copy(CORPUS / "tiny-3x2.png", p)
-    p.chmod(0)
-    try:
-        r = invoke("run", d, *FAST, "-o", tmp_path / "out")
-        assert r.exit_code == 1, r.stderr
-        errors = [line for line in r.stderr.splitlines() if line.startswith(ERROR)]
-        assert len(errors) == 1 and "unreadable.png: " in errors[0], r.stderr
-        assert any(k in errors[0].lower() for k in keywords(mc.DENIED)), errors[0]
-        assert "Traceback" not in r.stderr
-    finally:
-        p.chmod(0o644)
+    shutil.copy(CORPUS / "tiny-3x2.png", d / "readable.png")
+    real_open = builtins.open
+    opened = []
+
+    def refuse(file, *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)) and os.path.abspath(os.fsdecode(file)) == str(p):
+            opened.append(file)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refuse)  # Pillow's Image.open
+    monkeypatch.setattr(io, "open", refuse)  # Path.open, Path.read_bytes
+    r = invoke("run", d, *FAST, "-o", tmp_path / "out")
+    monkeypatch.undo()
+    assert opened, "the unreadable file was never opened"
+    assert r.exit_code == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith(ERROR)]
+    assert errors == [f"{ERROR}{p}: permission denied"], r.stderr
+    assert any(k in errors[0].lower() for k in keywords(mc.DENIED)), errors[0]
+    assert sorted(output_files(tmp_path / "out")) == ["readable.png"]
+    assert p.read_bytes() == (CORPUS / "tiny-3x2.png").read_bytes()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
@@ -233,15 +233,53 @@ def test_size_parsing_round_trip(w, h, sep):
     assert parse_size(f"{w}{sep}{h}") == (w, h)
 
 
+def _expected_size(text: str) -> tuple[int, int] | None:
+    """``parse_size``'s documented grammar, independently: one ``x``/``X``/``×`` with decimal
+    digits (Unicode category Nd, as ``int`` reads them) on each side, whitespace around."""
+    seps = [i for i, c in enumerate(text) if c in "xX×"]
+    if len(seps) != 1:
+        return None
+    left, right = text[: seps[0]].strip(), text[seps[0] + 1 :].strip()
+    if not (left.isdecimal() and right.isdecimal()):
+        return None
+    return int(left), int(right)
+
+
+number_like = st.one_of(
+    st.text(st.sampled_from("0123456789"), min_size=1, max_size=6),
+    st.text(st.sampled_from("0123456789٣５ a+-._"), max_size=6),
+)
+size_like = st.tuples(
+    st.sampled_from(["", " ", "\t", "\u3000", "\n"]),
+    number_like,
+    st.sampled_from(["", " ", "  "]),
+    st.sampled_from(["x", "X", "×", "x", "", "xx", "*", ","]),
+    st.sampled_from(["", " "]),
+    number_like,
+    st.sampled_from(["", " ", "\n", "\r\n"]),
+).map("".join)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=30))
-def test_size_parsing_never_crashes(text):
+@given(st.one_of(st.text(max_size=30), size_like))
+@example("512x768")
+@example(" 64 X 32 \n")
+@example("٣×٥")  # Arabic-Indic digits: int() reads them, and so does \d
+@example("0x0")
+@example("007x8")
+@example("-8x8")
+@example("8x8x8")
+@example("8 8x8")
+@example("")
+def test_size_parsing_accepts_exactly_its_grammar(text):
+    expected = _expected_size(text)
     try:
         w, h = parse_size(text)
     except UsageError as e:
-        assert "--size" in str(e)
+        assert expected is None, (text, expected)
+        assert str(e) == f"--size: expected WIDTHxHEIGHT such as 512x768, got {text!r}"
     else:
-        assert w >= 0 and h >= 0
+        assert (w, h) == expected
 
 
 @settings(max_examples=300, deadline=None)

@@ -587,6 +587,45 @@ def test_file_round_trip_for_every_text(tmp_path, text, fmt):
     assert read_infotext(path) == text
 
 
+sampler_names = st.sampled_from(["Euler a", "Euler", "DPM++ 2M Karras", "DPM++ SDE", "DDIM", "PNDM", "UniPC", "LMS"])
+numbers = st.floats(min_value=0, max_value=100, allow_nan=False).map(lambda x: f"{x:g}")
+
+
+@st.composite
+def generation(draw):
+    """(prompt, negative prompt, params) as ``img2img run`` makes them, with arbitrary prompts,
+    model names and extra parameters."""
+    params = {
+        "Steps": draw(st.integers(1, 1000)),
+        "Sampler": draw(sampler_names),
+        "CFG scale": draw(numbers),
+        "Seed": draw(st.integers(0, 2**32 - 1)),
+        "Size": "{}x{}".format(draw(st.integers(1, 1024)) * 8, draw(st.integers(1, 1024)) * 8),
+        "Model": draw(st.one_of(st.sampled_from(["stable-diffusion-v1-5", "tiny", "C:\\models\\a, b.safetensors"]), any_text)),
+        "Denoising strength": draw(st.floats(min_value=0, max_value=1, exclude_min=True).map(lambda x: f"{x:g}")),
+    }
+    extra = draw(st.dictionaries(keys, values, max_size=2))
+    params.update({k: v for k, v in extra.items() if k not in params and k != v})
+    params["Version"] = "img2img-cli 0.1.0"
+    return draw(any_text), draw(st.one_of(st.none(), any_text)), params
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(gen=generation(), fmt=st.sampled_from(FORMATS))
+def test_written_infotext_reads_back_and_parses(tmp_path, gen, fmt):
+    """Every infotext ``img2img run`` can write (format_infotext + write_image, PNG/JPEG/WebP)
+    must read back identical and parse back to the same values: a ``None`` from read_infotext
+    (which swallows every decoding error) fails here."""
+    prompt, negative, params = gen
+    text = format_infotext(prompt, negative, params)
+    path = tmp_path / f"gen.{fmt}"
+    write_image(small_image(), path, fmt, text)
+    assert read_infotext(path) == text
+    parsed = parse_infotext(read_infotext(path))
+    assert (parsed["prompt"], parsed["negative_prompt"]) == (prompt, negative or "")
+    assert {k: parsed[k] for k in params} == {k: str(v) for k, v in params.items()}
+
+
 def _valid_files() -> list[bytes]:
     out = []
     for fmt, pil in [("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP")]:
@@ -606,23 +645,77 @@ VALID_FILES = _valid_files()
 SIGNATURES = [b"", PNG_SIGNATURE, b"\xff\xd8\xff\xe1", b"RIFF\x00\x00\x00\x00WEBPVP8X", b"GIF89a", b"II*\x00", b"BM"]
 
 
-@pytest.mark.filterwarnings("ignore")
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(st.binary(max_size=512), st.tuples(st.sampled_from(SIGNATURES), st.binary(max_size=512)).map(b"".join)))
-def test_read_infotext_never_raises_on_arbitrary_bytes(tmp_path, data):
-    path = tmp_path / "fuzz.img"
-    path.write_bytes(data)
-    assert read_infotext(path) is None or isinstance(read_infotext(path), str)
+def _metadata_span(data: bytes) -> tuple[int, int]:
+    """``(start, end)`` of the bytes that hold the infotext in one of VALID_FILES: the PNG text
+    chunk, the JPEG APP1 (EXIF) segment or the WebP EXIF chunk, headers included."""
+    if data.startswith(PNG_SIGNATURE):
+        pos = 8
+        while True:
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            if data[pos + 4 : pos + 8] in (b"tEXt", b"iTXt", b"zTXt"):
+                return pos, pos + 12 + length
+            pos += 12 + length
+    if data.startswith(b"\xff\xd8"):
+        start = data.index(b"\xff\xe1")
+        (length,) = struct.unpack(">H", data[start + 2 : start + 4])
+        return start, start + 2 + length
+    start = data.index(b"EXIF")
+    (length,) = struct.unpack("<I", data[start + 4 : start + 8])
+    return start, start + 8 + length + (length & 1)
+
+
+def test_valid_files_carry_the_prompt():
+    for data in VALID_FILES:
+        start, end = _metadata_span(data)
+        assert 0 < start < end <= len(data)
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+
+
+def _pillow_opens(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except Exception:
+        return False
 
 
 @pytest.mark.filterwarnings("ignore")
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
+    data=st.one_of(st.binary(max_size=512), st.tuples(st.sampled_from(SIGNATURES), st.binary(max_size=512)).map(b"".join)),
+    valid=st.sampled_from(VALID_FILES),
+)
+def test_read_infotext_on_arbitrary_bytes(tmp_path, data, valid):
+    """Garbage gives ``None`` or a ``str``, never an exception, and ``None`` whenever Pillow
+    cannot open it; the same garbage after a valid file (trailing bytes) leaves its text exact."""
+    path = tmp_path / "fuzz.img"
+    path.write_bytes(data)
+    result = read_infotext(path)
+    assert result is None or isinstance(result, str)
+    if not _pillow_opens(data):
+        assert result is None
+    path.write_bytes(valid + data)
+    assert read_infotext(path) == UNICODE_PROMPT
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
     original=st.sampled_from(VALID_FILES),
     edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=6),
     cut=st.one_of(st.none(), st.integers(min_value=0)),
 )
-def test_read_infotext_never_raises_on_damaged_images(tmp_path, original, edits, cut):
+@example(original=VALID_FILES[0], edits=[(0, VALID_FILES[0][0])], cut=None)  # undamaged
+@example(original=VALID_FILES[1], edits=[(0, VALID_FILES[1][0])], cut=None)
+@example(original=VALID_FILES[2], edits=[(0, VALID_FILES[2][0])], cut=None)
+@example(original=VALID_FILES[1], edits=[(len(VALID_FILES[1]) - 3, 0)], cut=None)  # in the image data
+@example(original=VALID_FILES[0], edits=[(0, 0)], cut=_metadata_span(VALID_FILES[0])[0])  # cut before the text
+def test_read_infotext_on_damaged_images(tmp_path, original, edits, cut):
+    """A damaged file gives ``None`` or a ``str``, never an exception. Damage outside the bytes
+    that hold the infotext gives the exact text or ``None``, never another text; a file cut
+    before them gives ``None``; an undamaged file gives the exact text."""
+    start, end = _metadata_span(original)
     data = bytearray(original)
     for offset, byte in edits:
         data[offset % len(data)] = byte
@@ -632,3 +725,10 @@ def test_read_infotext_never_raises_on_damaged_images(tmp_path, original, edits,
     path.write_bytes(bytes(data))
     result = read_infotext(path)
     assert result is None or isinstance(result, str)
+    metadata_intact = bytes(data[start:end]) == original[start:end]
+    if bytes(data) == original:
+        assert result == UNICODE_PROMPT
+    elif len(data) <= start:
+        assert result is None
+    elif metadata_intact:
+        assert result in (None, UNICODE_PROMPT)
