@@ -7,6 +7,10 @@ import shutil
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Pixels are compared on the CPU in fp32 whatever torch build is installed: with a CUDA torch,
+# --device auto would pick CUDA in fp16. IMG2IMG_DEVICE is --device's variable; the tests
+# marked gpu pass --device cuda themselves.
+os.environ["IMG2IMG_DEVICE"] = "cpu"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

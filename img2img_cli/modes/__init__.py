@@ -122,7 +122,7 @@ def select(values: dict) -> Mode:
             (naming the flag and what it needs).
     """
     modes = [get(n) for n in MODES]
-    chosen = [m for m in modes if m.trigger and values.get(m.trigger) not in (None, False, "")]
+    chosen = [m for m in modes if m.trigger and _is_set(values.get(m.trigger))]
     if len(chosen) > 1:
         flags = " and ".join(_flag(m.options, m.trigger) for m in chosen)
         raise UsageError(f"{flags} contradict each other; pass one")
@@ -135,6 +135,11 @@ def select(values: dict) -> Mode:
             if f.name in values and values[f.name] not in (None, default):
                 raise UsageError(f"{_flag(other.options, f.name)} needs {_flag(other.options, other.trigger)}")
     return mode
+
+
+def _is_set(value) -> bool:
+    """Whether an option value was given: not ``None``, ``False`` or ``""`` (``0`` is a value)."""
+    return value is not None and value is not False and value != ""
 
 
 def _flag(options: type, name: str) -> str:
