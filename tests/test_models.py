@@ -348,3 +348,27 @@ def test_speed_hint_is_logged_once_after_loading(monkeypatch, our_log):
     load_pipeline(resolve_model("tiny"), device="cpu", dtype=torch.float32, dtype_option="fp32")
     load_pipeline(resolve_model("tiny"), device="cpu", dtype=torch.float32)  # a caller that does not say
     assert our_log == []
+
+
+def _cli_passes_dtype_option() -> bool:
+    import inspect
+
+    from img2img_cli import cli
+
+    return "dtype_option=" in inspect.getsource(cli)
+
+
+@pytest.mark.skipif(not _cli_passes_dtype_option(), reason="cli.py does not pass dtype_option to load_pipeline yet")
+def test_speed_hint_via_the_cli(tmp_path, monkeypatch):
+    from img2img_cli.models import device as dev
+
+    monkeypatch.setattr(dev, "cpu_has_native", lambda dtype: True)
+    args = ["run", EXAMPLES / "chelsea.png", "--model", "tiny", "--steps", "2", "--seed", "1", "--device", "cpu", "-o", tmp_path / "o.png"]
+    r = run_cli(*args)  # the tiny model: nothing to gain
+    assert r.exit_code == 0 and "bf16" not in r.stderr, r.stderr
+    monkeypatch.setattr(dev, "SD_SIZE_UNET_PARAMS", 1000)  # pretend it is SD-size
+    r = run_cli(*args, "--overwrite")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count(f"img2img: warning: {dev.BF16_HINT}") == 1
+    r = run_cli(*args, "--overwrite", "--dtype", "fp32")
+    assert r.exit_code == 0 and "bf16" not in r.stderr, r.stderr
