@@ -10,8 +10,8 @@ import warnings
 from pathlib import Path
 
 from ..errors import ModelError, UsageError
-from .resolve import CLIP_TOKENIZER_DIR, ModelSpec, read_json
 from .device import speed_hint
+from .resolve import CLIP_TOKENIZER_DIR, ModelSpec, read_json
 from .speed import Speed, apply_speed
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ def load_pipeline(
         raise
     except Exception as e:
         raise _load_error(spec, e) from e
-    for level, message in records:
-        log.log(level, "%s", message)
+    for _level, message in records:  # the model loaded: even a library's "error" is a warning to us
+        log.warning("%s", message)
     # At run time their errors reach us as exceptions, reported in one line; their log lines would repeat them.
     dlogging.set_verbosity(dlogging.CRITICAL)
     tlogging.set_verbosity(tlogging.CRITICAL)
