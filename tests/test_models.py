@@ -191,3 +191,184 @@ def test_pipeline_class_is_the_one_autopipeline_picks():
     ours = load_pipeline(resolve_model("tiny"), device="cpu", dtype=torch.float32)
     auto = AutoPipelineForImage2Image.from_pretrained(str(TINY_DIR), local_files_only=True)
     assert type(ours) is type(auto)
+
+
+# -- warnings while loading ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def our_log():
+    """The records that reach the ``img2img_cli`` logger (whatever handlers the CLI left on it)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = logging.getLogger("img2img_cli")
+    handler = Keep(logging.DEBUG)
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+def _edited_tiny(tmp_path: Path, component: str, edit: str) -> Path:
+    """A copy of the tiny model whose ``component`` weights miss a key or have an extra one."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / f"tiny-{component}-{edit}"
+    shutil.copytree(TINY_DIR, folder)
+    weights = next((folder / component).glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    if edit == "missing":
+        del tensors["conv_norm_out.weight" if component == "unet" else "final_layer_norm.weight"]
+    else:
+        tensors["extra_block.weight"] = torch.zeros(4)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return folder
+
+
+def test_checkpoint_with_unused_weights_warns_on_stderr(tmp_path):
+    folder = _edited_tiny(tmp_path, "unet", "extra")
+    out = tmp_path / "o.png"
+    r = run_cli("run", EXAMPLES / "chelsea.png", "--model", folder, "--steps", "2", "--seed", "1", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("img2img: warning:")]
+    assert len(warnings) == 1, r.stderr
+    assert "were not used when initializing UNet2DConditionModel" in warnings[0] and "extra_block.weight" in warnings[0]
+
+
+def test_text_encoder_weights_missing_or_unused_warn(tmp_path, our_log):
+    from img2img_cli.models import load_pipeline
+
+    for edit, status in (("missing", "MISSING: final_layer_norm.weight"), ("extra", "UNEXPECTED: extra_block.weight")):
+        our_log.clear()
+        load_pipeline(resolve_model(str(_edited_tiny(tmp_path, "text_encoder", edit))), device="cpu", dtype=torch.float32)
+        messages = [r.getMessage() for r in our_log]
+        assert len(messages) == 1 and "CLIPTextModel LOAD REPORT" in messages[0] and status in messages[0], messages
+        assert "\n" not in messages[0] and "\x1b" not in messages[0]
+
+
+def test_unet_weights_missing_is_a_clear_error(tmp_path):
+    folder = _edited_tiny(tmp_path, "unet", "missing")
+    r = run_cli("run", EXAMPLES / "chelsea.png", "--model", folder, "--steps", "2", "--seed", "1", "-o", tmp_path / "o.png")
+    assert r.exit_code == 2
+    assert "the unet checkpoint lacks weights its config needs (conv_norm_out.weight)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_intact_models_load_without_a_word(tmp_path, tiny_checkpoint, our_log, capsys):
+    from img2img_cli.models import load_pipeline
+
+    load_pipeline(resolve_model("tiny"), device="cpu", dtype=torch.float32, dtype_option="auto")
+    load_pipeline(resolve_model(str(tiny_checkpoint), "tiny"), device="cpu", dtype=torch.float32, dtype_option="auto")
+    assert [r.getMessage() for r in our_log] == []
+    assert capsys.readouterr().err == ""
+    r = run_cli("run", EXAMPLES / "chelsea.png", "--model", "tiny", "--steps", "2", "--seed", "1", "-o", tmp_path / "o.png")
+    assert r.exit_code == 0 and "warning" not in r.stderr and "bf16" not in r.stderr, r.stderr
+
+
+def test_known_noise_is_dropped_and_other_library_warnings_kept():
+    import logging
+    import warnings
+
+    from img2img_cli.models.load import _library_warnings
+
+    with _library_warnings() as records:
+        logging.getLogger("transformers.utils.import_utils").warning(
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil` ...")
+        logging.getLogger("diffusers.models.modeling_utils").warning(
+            "There are modules in AutoencoderKL that should be kept in float32: []. Casting directly ...")
+        logging.getLogger("diffusers.models.modeling_utils").info("chatter")
+        logging.getLogger("diffusers.models.modeling_utils").warning("Some weights of X were not used: \n ['a', 'b']")
+        warnings.warn("an API going away", DeprecationWarning)
+        warnings.warn("something the user should know", UserWarning)
+    assert records == [
+        (logging.WARNING, "Some weights of X were not used: ['a', 'b']"),
+        (logging.WARNING, "UserWarning: something the user should know"),
+    ]
+    assert logging.getLogger("diffusers").handlers != [] and logging.getLogger("transformers").propagate is False
+
+
+# -- the bf16 hint -------------------------------------------------------------------------------
+
+
+class _Param:
+    def __init__(self, n):
+        self.n = n
+
+    def numel(self):
+        return self.n
+
+
+def _fake_pipe(unet_params: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(unet=SimpleNamespace(parameters=lambda: [_Param(unet_params - 1), _Param(1)]))
+
+
+@pytest.mark.parametrize(
+    "device, option, native, params, hinted",
+    [
+        ("cpu", "auto", True, 859_520_964, True),  # SD 1.5 UNet
+        ("cpu", "auto", True, 2_567_463_684, True),  # SDXL UNet
+        ("cpu", "fp32", True, 859_520_964, False),  # fp32 asked for: a choice
+        ("cpu", "bf16", True, 859_520_964, False),
+        ("cpu", "auto", False, 859_520_964, False),  # AVX2 only: bf16 would be emulated
+        ("cpu", "auto", True, 1_500_000, False),  # the tiny model
+        ("cuda", "auto", True, 859_520_964, False),
+    ],
+)
+def test_speed_hint(monkeypatch, device, option, native, params, hinted):
+    from img2img_cli.models import device as dev
+
+    asked = []
+    monkeypatch.setattr(dev, "cpu_has_native", lambda dtype: asked.append(dtype) or native)
+    hint = dev.speed_hint(device, option, _fake_pipe(params))
+    assert hint == (dev.BF16_HINT if hinted else None)
+    assert asked in ([], ["bf16"])
+    if hinted:
+        assert "--dtype bf16 is about 3x faster" in hint and "differs slightly from fp32" in hint
+
+
+def test_speed_hint_is_logged_once_after_loading(monkeypatch, our_log):
+    from img2img_cli.models import device as dev
+    from img2img_cli.models import load_pipeline
+
+    monkeypatch.setattr(dev, "cpu_has_native", lambda dtype: True)
+    monkeypatch.setattr(dev, "SD_SIZE_UNET_PARAMS", 1000)  # the tiny UNet counts as SD-size here
+    load_pipeline(resolve_model("tiny"), device="cpu", dtype=torch.float32, dtype_option="auto")
+    assert [(r.levelname, r.getMessage()) for r in our_log] == [("WARNING", dev.BF16_HINT)]
+    our_log.clear()
+    load_pipeline(resolve_model("tiny"), device="cpu", dtype=torch.float32, dtype_option="fp32")
+    load_pipeline(resolve_model("tiny"), device="cpu", dtype=torch.float32)  # a caller that does not say
+    assert our_log == []
+
+
+def _cli_passes_dtype_option() -> bool:
+    import inspect
+
+    from img2img_cli import cli
+
+    return "dtype_option=" in inspect.getsource(cli)
+
+
+@pytest.mark.skipif(not _cli_passes_dtype_option(), reason="cli.py does not pass dtype_option to load_pipeline yet")
+def test_speed_hint_via_the_cli(tmp_path, monkeypatch):
+    from img2img_cli.models import device as dev
+
+    monkeypatch.setattr(dev, "cpu_has_native", lambda dtype: True)
+    args = ["run", EXAMPLES / "chelsea.png", "--model", "tiny", "--steps", "2", "--seed", "1", "--device", "cpu", "-o", tmp_path / "o.png"]
+    r = run_cli(*args)  # the tiny model: nothing to gain
+    assert r.exit_code == 0 and "bf16" not in r.stderr, r.stderr
+    monkeypatch.setattr(dev, "SD_SIZE_UNET_PARAMS", 1000)  # pretend it is SD-size
+    r = run_cli(*args, "--overwrite")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count(f"img2img: warning: {dev.BF16_HINT}") == 1
+    r = run_cli(*args, "--overwrite", "--dtype", "fp32")
+    assert r.exit_code == 0 and "bf16" not in r.stderr, r.stderr

@@ -61,3 +61,39 @@ def cpu_has_native(dtype: str) -> bool:
         return False
     return True
 
+
+
+#: UNets above this many parameters are "SD-size" for :func:`speed_hint` (SD 1.x: 860 M,
+#: SD 2.x: 866 M, SDXL: 2.6 G; the built-in tiny model: under 2 M). Decided by parameter count,
+#: not native resolution: it is what the CPU time scales with (a distilled SD model at 512 px
+#: with a small UNet gains less), and it needs no config field.
+SD_SIZE_UNET_PARAMS = 100_000_000
+
+BF16_HINT = (
+    "this CPU has native bf16: --dtype bf16 is about 3x faster for this model "
+    "(output differs slightly from fp32)"
+)
+
+
+def speed_hint(device: str, dtype_option: str, pipe) -> str | None:
+    """The hint to give once after loading when speed is waiting, else ``None``.
+
+    Given (:data:`BF16_HINT`) when all hold: ``device`` is ``cpu``; ``--dtype`` was ``auto`` (so
+    fp32 was chosen for the user; an explicit ``--dtype fp32`` is a choice, not missed speed);
+    the CPU has native bf16 (:func:`cpu_has_native`: AVX512-BF16 or AMX); and the model is
+    SD-size (its UNet has more than :data:`SD_SIZE_UNET_PARAMS` parameters). Measured on such a
+    CPU: the SD 1.5 architecture at 256 px, 8 steps, 24.5-33.6 s per image in fp32 against
+    10.4-10.7 s in bf16, output within 7/255.
+    """
+    if device != "cpu" or dtype_option != "auto":
+        return None
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        return None
+    try:
+        params = sum(p.numel() for p in unet.parameters())
+    except Exception:
+        return None
+    if params <= SD_SIZE_UNET_PARAMS or not cpu_has_native("bf16"):
+        return None
+    return BF16_HINT

@@ -9,8 +9,11 @@
    SDXL), loaded with diffusers' ``from_single_file`` against the configs shipped in
    ``img2img_cli/models/configs/`` and the CLIP tokenizer in ``models/clip_tokenizer/``,
    so no network call is made;
-4. a Hugging Face hub repo id (``owner/name``), through the user's Hugging Face cache;
-   honours ``HF_HUB_OFFLINE``.
+4. a Hugging Face hub repo id (``owner/name``), through the user's Hugging Face cache: a
+   complete snapshot loads with no network call; a partial or absent one is downloaded (resumed)
+   by diffusers through huggingface_hub (proxies honoured). With ``HF_HUB_OFFLINE`` set, or the
+   hub out of reach, a model not completely cached fails at once with a one-line error naming
+   ``hf download REPO``.
 
 Pickle checkpoints (``.ckpt``, ``.pt``, ``.bin``) are refused: they can run code when loaded.
 """
@@ -52,7 +55,9 @@ class ModelSpec:
         name: the name recorded in the infotext ``Model:`` field (``tiny``, folder name,
             checkpoint file stem, or repo id).
         config: for ``"file"``, the diffusers config folder used; else ``None``.
-        cached: for ``"hub"``, whether the repo is in the local Hugging Face cache.
+        cached: for ``"hub"``, whether everything the pipeline loads is in the local Hugging
+            Face cache (then it is loaded with ``local_files_only=True``, no network call);
+            ``False``: diffusers downloads what is missing (resuming partial downloads).
     """
 
     kind: str
@@ -108,45 +113,149 @@ def resolve_model(model: str, model_config: str | None = None) -> ModelSpec:
 
 
 def _resolve_hub(repo_id: str) -> ModelSpec:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(repo_id, "model_index.json")
-    except Exception:  # malformed id etc.
-        cached = None
-    if isinstance(cached, str):
+    """A hub repo id: complete in the cache -> loaded from it with no network call; otherwise
+    downloaded (or its download resumed) by diffusers, which needs the hub: offline, or with the
+    hub out of reach, fail now with one line saying how to get the model."""
+    missing = hub_cache_missing(repo_id)
+    if missing == []:
         return ModelSpec("hub", repo_id, repo_id, cached=True)
+    if missing is None:
+        where = "not in the Hugging Face cache"
+    else:
+        where = f"incomplete in the Hugging Face cache (missing {_sample(missing)})"
     if _offline():
         raise ModelError(
-            f"--model {repo_id}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"--model {repo_id}: {where} and HF_HUB_OFFLINE is set; "
             f"download it first (`hf download {repo_id}`) or pass a local folder or .safetensors file"
         )
-    if not _hub_reachable():
+    reason = _hub_unreachable()
+    if reason:
         raise ModelError(
-            f"--model {repo_id}: not in the Hugging Face cache and the hub cannot be reached; "
-            f"download it where there is a network (`hf download {repo_id}`) or pass a local folder or .safetensors file"
+            f"--model {repo_id}: {where} and the Hugging Face hub cannot be reached ({reason}); check the "
+            f"network or proxy settings (HTTPS_PROXY), download it where there is a network (`hf download "
+            f"{repo_id}`) or pass a local folder or .safetensors file"
         )
     return ModelSpec("hub", repo_id, repo_id, cached=False)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint (``HF_ENDPOINT``, default huggingface.co)
-    opens within ``timeout`` seconds: without a network we fail in seconds instead of waiting
-    on huggingface_hub's download retries."""
-    import socket
-    from urllib.parse import urlparse
+#: Pipeline components this tool never loads (it passes ``None`` for them).
+_NOT_LOADED = {"safety_checker", "feature_extractor"}
+#: A component's weights without a variant (``.fp16``): ``diffusion_pytorch_model.safetensors``,
+#: ``model-00001-of-00002.safetensors``..., and their shard index ``*.safetensors.index.json``.
+_WEIGHTS = re.compile(r"^[^./]+(-\d+-of-\d+)?\.(safetensors|bin)$")
+_WEIGHTS_INDEX = re.compile(r"^[^./]+\.(safetensors|bin)\.index\.json$")
 
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
+
+def hub_cache_missing(repo_id: str) -> list[str] | None:
+    """What the Hugging Face cache lacks of what the pipeline loads from ``repo_id``, without a
+    network call: ``None`` when nothing of it is cached, ``[]`` when it is complete, else the
+    missing files (repo-relative; a folder ends with ``/``).
+
+    The snapshot is located with ``snapshot_download(local_files_only=True)`` (so
+    ``HF_HUB_CACHE`` / ``HF_HOME`` and ``refs/`` are honoured as huggingface_hub does, and an
+    incomplete snapshot it knows of raises ``IncompleteSnapshotError``). Then the components
+    ``model_index.json`` names (but the safety checker and feature extractor, never loaded) are
+    checked: each folder present; a model's ``config.json`` and weights (non-variant
+    ``.safetensors``, else ``.bin``; every shard of a sharded one); every file of a tokenizer or
+    scheduler. The expected files come from the repo's file listing when huggingface_hub cached
+    one (``get_cached_repo_tree``: recent versions keep it after a download), else from what is
+    on disk. An interrupted download leaves no file in the snapshot (only a ``blobs/*.incomplete``),
+    so it shows as missing.
+    """
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency of diffusers
+        return None
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["model_index.json"]))
+    except IncompleteSnapshotError:
+        return ["model_index.json"]
+    except (LocalEntryNotFoundError, ValueError, OSError):  # absent, or a malformed id
+        return None
+    listing = _cached_listing(repo_id)
+    index = read_json(folder / "model_index.json")
+    if not index:
+        return ["model_index.json"]
+    missing: list[str] = []
+    for name, value in index.items():
+        if name.startswith("_") or name in _NOT_LOADED:
+            continue
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and value[0] and value[1]):
+            continue  # a component set to null
+        if listing is not None:
+            files = {f[len(name) + 1:] for f in listing if f.startswith(name + "/") and "/" not in f[len(name) + 1:]}
+        else:
+            files = {p.name for p in (folder / name).glob("*") if p.is_file()} if (folder / name).is_dir() else set()
+        if not files:
+            missing.append(f"{name}/")
+            continue
+        missing += [f"{name}/{f}" for f in sorted(_needed_files(folder / name, files)) if not (folder / name / f).is_file()]
+    return missing
+
+
+def _needed_files(folder: Path, files: set[str]) -> set[str]:
+    """Which of ``files`` (a component folder's listing) the pipeline loads: a model's
+    ``config.json`` and weights (non-variant safetensors, else bin; with the shards its index
+    names), or all files of a tokenizer, scheduler or other non-model component."""
+    weights = {f for f in files if _WEIGHTS.match(f)}
+    indexes = {f for f in files if _WEIGHTS_INDEX.match(f)}
+    if not (weights or indexes or "config.json" in files):
+        return files  # tokenizer, scheduler, feature extractor: every file
+    need = {"config.json"}
+    for ext in ("safetensors", "bin"):
+        chosen = {f for f in weights | indexes if f.split(".")[1] == ext}
+        if chosen:
+            need |= chosen
+            for idx in chosen & indexes:
+                need |= set(read_json(folder / idx).get("weight_map", {}).values())
+            break
+    else:
+        if not any(f.endswith((".safetensors", ".bin")) for f in files):
+            need.add("diffusion_pytorch_model.safetensors")  # a model folder with no weights at all
+    return need
+
+
+def _cached_listing(repo_id: str) -> set[str] | None:
+    """The repo's file listing huggingface_hub cached on download, or ``None`` (older versions,
+    or a cache filled by other means)."""
+    try:
+        from huggingface_hub import get_cached_repo_tree
+
+        return {f.path for f in get_cached_repo_tree(repo_id)}
+    except Exception:
+        return None
+
+
+def _sample(paths: list[str], n: int = 3) -> str:
+    text = ", ".join(paths[:n])
+    return text + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def _hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub endpoint cannot be reached, or ``None`` when it answers (any HTTP status).
+
+    One ``HEAD`` through huggingface_hub's own HTTP client (:func:`huggingface_hub.get_session`,
+    so ``HF_ENDPOINT``, ``HTTPS_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY``, custom client factories
+    and offline mode apply as for the download itself), bounded by ``timeout`` seconds: that
+    client has no timeout of its own, so without this a firewalled network would hang.
+    """
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+    except Exception as e:
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}".rstrip(": ")
+    return None
 
 
 def _offline() -> bool:
+    """huggingface_hub's offline mode (``HF_HUB_OFFLINE``, read when it is imported), or the
+    variable set since."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return True
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
