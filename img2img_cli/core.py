@@ -128,7 +128,7 @@ def _loader(config: RunConfig, spec, mode, progress: bool):
         from .schedulers import display_name
 
         pipe = load_pipeline(
-            spec, mode=mode, device=device, dtype=resolve_dtype(config.job.dtype, device),
+            spec, mode=mode, device=device, dtype=resolve_dtype(config.job.dtype, device), dtype_option=config.job.dtype,
             scheduler=config.job.scheduler, progress=progress, speed=config.speed,
         )
         return Loaded(pipe, display_name(pipe.scheduler), spec.name, native_resolution(pipe))

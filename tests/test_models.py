@@ -350,15 +350,6 @@ def test_speed_hint_is_logged_once_after_loading(monkeypatch, our_log):
     assert our_log == []
 
 
-def _cli_passes_dtype_option() -> bool:
-    import inspect
-
-    from img2img_cli import cli
-
-    return "dtype_option=" in inspect.getsource(cli)
-
-
-@pytest.mark.skipif(not _cli_passes_dtype_option(), reason="cli.py does not pass dtype_option to load_pipeline yet")
 def test_speed_hint_via_the_cli(tmp_path, monkeypatch):
     from img2img_cli.models import device as dev
 
