@@ -45,6 +45,10 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Seeds are 32-bit like A1111's (``modules/processing.py`` draws ``int(random.randrange(4294967294))``).
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 8192
+#: ``--steps`` limit: the ``num_train_timesteps`` of every SD scheduler config (1000); more
+#: steps than training timesteps is meaningless, and a huge value would spend minutes in the
+#: scheduler's ``set_timesteps`` before the first step.
+MAX_STEPS = 1000
 #: Default ``--max-pixels``: 2.5x Pillow's own decompression-bomb limit (89,478,485 px) would
 #: still be ~850 MB as RGB; inputs above 100 MP are refused.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -122,7 +126,7 @@ class Job:
         strength: denoising strength in ``(0, 1]``; the source image is noised to the timestep
             ``strength * T`` and ``int(steps * strength)`` denoising steps run (diffusers
             ``StableDiffusionImg2ImgPipeline.get_timesteps``; SDEdit, Meng et al. 2021).
-        steps: number of scheduler steps for a full denoise, ``>= 1``.
+        steps: number of scheduler steps for a full denoise, in ``[1, MAX_STEPS]``.
         guidance_scale: classifier-free guidance scale ``w`` (Ho & Salimans 2022), in
             ``[0, 100]``; values ``<= 1`` disable guidance, as in diffusers.
         seed: base seed in ``[0, 2**32 - 1]``, or ``None`` to draw one per image.
@@ -191,6 +195,10 @@ class Job:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}")
         if self.steps < 1:
             raise UsageError(f"--steps must be at least 1, got {self.steps}")
+        if self.steps > MAX_STEPS:
+            raise UsageError(
+                f"--steps must be at most {MAX_STEPS} (the schedulers' num_train_timesteps), got {self.steps}"
+            )
         if int(self.steps * self.strength) < 1:
             raise UsageError(
                 f"--steps {self.steps} with --strength {self.strength} runs no denoising step "
@@ -329,6 +337,18 @@ class RunConfig:
     background: str = option(
         "white", "--background", help="Colour that transparent areas are composited onto: a name, #RRGGBB or R,G,B.",
     )
+    no_provenance: bool = option(
+        False, "--no-provenance",
+        help="Do not write the XMP label (IPTC digital source type: made by a trained model) into outputs.",
+    )
+    c2pa_cert: Optional[Path] = option(
+        None, "--c2pa-cert", envvar="IMG2IMG_C2PA_CERT", show_default=False,
+        help="PEM certificate chain to sign C2PA Content Credentials into each output (with --c2pa-key).",
+    )
+    c2pa_key: Optional[Path] = option(
+        None, "--c2pa-key", envvar="IMG2IMG_C2PA_KEY", show_default=False,
+        help="PEM private key of --c2pa-cert.",
+    )
     speed: Speed = nested(Speed)
     mode: str = "img2img"
     mode_options: object = None
@@ -401,6 +421,11 @@ class RunConfig:
             job = job.replace(width=width, height=height)
         if self.style and self.prompt_file:
             raise UsageError("--style and --prompt-file contradict each other; pass one")
+        if (self.c2pa_cert is None) != (self.c2pa_key is None):
+            raise UsageError("--c2pa-cert and --c2pa-key go together; pass both (or neither)")
+        for flag, path in (("--c2pa-cert", self.c2pa_cert), ("--c2pa-key", self.c2pa_key)):
+            if path is not None and not path.is_file():
+                raise UsageError(f"{flag} {path}: no such file")
         if self.styles_file is not None and not self.style:
             raise UsageError("--styles-file needs --style NAME")
         job.validate()

@@ -84,6 +84,11 @@ def run(
     work = plan(config, mode)
     spec = resolve_model(config.job.model, config.model_config)
     device = resolve_device(config.job.device)
+    signing = None
+    if config.c2pa_cert is not None:
+        from .credentials import Signing
+
+        signing = Signing.load(config.c2pa_cert, config.c2pa_key)  # raises UsageError before any model loads
     start = time.perf_counter()
     summary = Summary()
     report = ReportFile(config.report)
@@ -92,7 +97,7 @@ def run(
     try:
         todo = _skip_existing(work, config, summary, report)
         if todo:
-            runner = Runner(todo, config, mode, report, summary, emit, protected, progress)
+            runner = Runner(todo, config, mode, report, summary, emit, protected, progress, signing)
             runner.go(_loader(config, spec, mode, progress), device, start)
         summary.outcomes = [w.outcome for w in work]
     finally:

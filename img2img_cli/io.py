@@ -11,6 +11,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from .errors import InputError, OutputError
 
@@ -332,7 +333,41 @@ def remove_stale_temp_files(folder: Path) -> int:
     return removed
 
 
-def atomic_save(image, dest: Path, fmt: str, infotext: str, *, quality: int = 95, overwrite: bool = False) -> Path:
+def new_file_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` gives a new file now: ``0o666`` less
+    the process's umask (read from ``/proc/self/status`` on Linux, so no thread ever sees a
+    changed umask; elsewhere by setting and restoring it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _kept_mode(dest: Path) -> int:
+    """The permission bits of an existing ``dest`` (kept by ``--overwrite``), else those of a new file."""
+    try:
+        return os.stat(dest).st_mode & 0o7777
+    except OSError:
+        return new_file_mode()
+
+
+def atomic_save(
+    image,
+    dest: Path,
+    fmt: str,
+    infotext: str,
+    *,
+    quality: int = 95,
+    overwrite: bool = False,
+    xmp: bytes | None = None,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
     """Write ``image`` with its infotext to ``dest`` atomically and return the path written.
 
     The image is written to a hidden temporary file in ``dest``'s folder
@@ -340,6 +375,16 @@ def atomic_save(image, dest: Path, fmt: str, infotext: str, *, quality: int = 95
     ``overwrite``; otherwise ``os.link``, which fails rather than replace a file, and the
     next free name ``<stem>-0001<ext>`` is taken). A killed process leaves no truncated image
     under a real name, and never an existing file replaced without ``overwrite``.
+
+    The file gets the mode a plain ``open()`` would give it under the current umask
+    (:func:`new_file_mode`; ``mkstemp`` alone would give ``0o600``); a file replaced with
+    ``overwrite`` keeps its own mode.
+
+    Args:
+        xmp: an XMP packet to embed (:func:`img2img_cli.metadata.write_image`), or ``None``.
+        finish: called with the temporary file once it is written, before it is moved into
+            place (e.g. to sign it, :mod:`img2img_cli.credentials`); what it raises fails the
+            write like any other error.
 
     Raises:
         OutputError: the folder cannot be created or written, the disk is full (``errno``
@@ -356,8 +401,13 @@ def atomic_save(image, dest: Path, fmt: str, infotext: str, *, quality: int = 95
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(), suffix=".tmp", dir=folder)
         tmp = Path(tmp_name)
-        os.close(fd)
-        write_image(image, tmp, fmt, infotext, quality=quality)
+        try:
+            os.fchmod(fd, _kept_mode(dest) if overwrite else new_file_mode())
+        finally:
+            os.close(fd)
+        write_image(image, tmp, fmt, infotext, quality=quality, xmp=xmp)
+        if finish is not None:
+            finish(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if overwrite:

@@ -47,6 +47,8 @@ _JPEG_MAX_EXIF = 65533  # one APP1 segment; Pillow refuses more ("EXIF data is t
 
 # Lone surrogates (from undecodable file names) cannot be encoded: written as U+FFFD.
 _RE_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+#: The PNG iTXt keyword of an XMP packet (XMP specification part 3, 1.1.5).
+XMP_PNG_KEY = "XML:com.adobe.xmp"
 _FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
@@ -79,7 +81,7 @@ def _user_comment_exif(text: str) -> bytes:
     return b"Exif\x00\x00" + tiff
 
 
-def write_image(image: Image.Image, path: Path, fmt: str, infotext: str, *, quality: int = 95) -> None:
+def write_image(image: Image.Image, path: Path, fmt: str, infotext: str, *, quality: int = 95, xmp: bytes | None = None) -> None:
     """Save ``image`` to ``path`` in ``fmt`` with ``infotext`` embedded the way A1111 does.
 
     Args:
@@ -95,6 +97,11 @@ def write_image(image: Image.Image, path: Path, fmt: str, infotext: str, *, qual
             U+FFFD; every other string is read back unchanged by :func:`read_infotext`.
         quality: JPEG and WebP quality, an ``int`` from 0 to 100 (Pillow's scale; WebP is
             written lossy). Ignored for PNG, which uses Pillow's default compression.
+        xmp: an XMP packet (UTF-8, :func:`img2img_cli.provenance.xmp_packet`) or ``None``. PNG:
+            an uncompressed ``iTXt`` chunk with keyword ``XML:com.adobe.xmp`` (the XMP
+            specification, part 3, "PNG"); JPEG: an APP1 segment with the
+            ``http://ns.adobe.com/xap/1.0/`` header; WebP: an ``XMP`` chunk; the last two
+            written by Pillow's ``xmp=`` save option. The infotext is not touched.
 
     Where the text goes:
         PNG: a text chunk with keyword ``parameters`` via ``PngInfo.add_text``, as A1111
@@ -128,6 +135,8 @@ def write_image(image: Image.Image, path: Path, fmt: str, infotext: str, *, qual
     if pil_format == "PNG":
         pnginfo = PngImagePlugin.PngInfo()
         pnginfo.add_text("parameters", text)
+        if xmp:
+            pnginfo.add_itxt(XMP_PNG_KEY, xmp.decode("utf-8"), zip=False)
         image.save(target, format="PNG", pnginfo=pnginfo)
         return
 
@@ -141,7 +150,7 @@ def write_image(image: Image.Image, path: Path, fmt: str, infotext: str, *, qual
             image = image.convert("RGB")
     elif image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
-    image.save(target, format=pil_format, quality=quality, exif=exif)
+    image.save(target, format=pil_format, quality=quality, exif=exif, **({"xmp": xmp} if xmp else {}))
 
 
 def _decode_utf16(body: bytes, tiff_big_endian: bool) -> str:

@@ -76,7 +76,8 @@ class ReportFile:
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                # 0o666 less the umask, what open() gives any other file
+                self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             except OSError as e:
                 raise UsageError(f"--report {display(path)}: cannot open ({e.strerror or e})") from None
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .errors import InputError, OutputError
 from .io import EXTENSION_FORMATS, atomic_save, display, load_image, probe_size, remove_stale_temp_files, resize_image, target_size
+from .provenance import software_agent, xmp_packet
 from .report import ReportFile, Summary, record
 from .work import Unit, WorkItem, infotext_params
 
@@ -84,9 +85,14 @@ class Runner:
         emit: ``emit(outcome, path, seed, seconds)`` after each output is written (writer thread).
         protected: real paths of every input of the run (all processes'): never written.
         progress: show a progress bar on stderr.
+        signing: a :class:`~img2img_cli.credentials.Signing` to sign each output with C2PA
+            Content Credentials, or ``None``.
     """
 
-    def __init__(self, todo, config, mode, report: ReportFile, summary: Summary, emit, protected: frozenset, progress: bool):
+    def __init__(
+        self, todo, config, mode, report: ReportFile, summary: Summary, emit, protected: frozenset, progress: bool,
+        signing=None,
+    ):
         self.todo = todo
         self.config = config
         self.mode = mode
@@ -103,6 +109,8 @@ class Runner:
         self.batch_size = 1
         self.tiled = False
         self.pin = False  # pinned host memory for image tensors (CUDA)
+        self.xmp = None if config.no_provenance else xmp_packet(mode.source_type)
+        self.signing = signing
         self._kept: dict[int, object] = {}  # prepared images of items with units in later batches
         self._unread: dict[int, int] = {}  # item index -> its units in batches not yet prepared
 
@@ -200,13 +208,32 @@ class Runner:
             text = format_infotext(w.prompt, w.negative_prompt, params)
             protect = os.path.realpath(unit.dest) in self.protected
             fmt = EXTENSION_FORMATS.get(unit.dest.suffix.lower(), "png")
-            path = atomic_save(image, unit.dest, fmt, text, quality=w.job.quality, overwrite=self.config.overwrite and not protect)
+            path = atomic_save(
+                image, unit.dest, fmt, text, quality=w.job.quality, overwrite=self.config.overwrite and not protect,
+                xmp=self.xmp, finish=self._signer(w, fmt),
+            )
         except OutputError as e:
             if e.errno in FATAL_ERRNOS and self.fatal is None:
                 self.fatal = str(e)
             self._unit_done(unit, None, str(e), seconds + time.perf_counter() - t0)
             return
+        except Exception as e:  # a bug in an encoder or signer fails this image, not the run
+            self._unit_done(unit, None, f"{display(unit.dest)}: cannot write ({short(e)})", seconds + time.perf_counter() - t0)
+            return
         self._unit_done(unit, path, None, seconds + time.perf_counter() - t0)
+
+    def _signer(self, w: WorkItem, fmt: str):
+        """``finish(tmp_path)`` for :func:`~img2img_cli.io.atomic_save`: signs the written file
+        with C2PA Content Credentials, or ``None`` without ``--c2pa-cert``."""
+        if self.signing is None:
+            return None
+        from .credentials import sign
+
+        def finish(tmp: Path) -> None:
+            sign(self.signing, tmp, fmt, action=self.mode.c2pa_action, source_type=self.mode.source_type,
+                 ingredient=w.input.path, software=software_agent())
+
+        return finish
 
     def _requests(self, batch: list[Unit], prepared: dict[int, object]) -> list:
         from .pipeline import Request

@@ -47,9 +47,15 @@ class Mode:
             fields), or ``None``.
         trigger: the field of :attr:`options` whose value selects this mode (``None``: the
             default mode).
+        source_type: the IPTC digital source type of its outputs (:mod:`img2img_cli.provenance`):
+            ``trainedAlgorithmicMedia`` when the whole picture is regenerated,
+            ``compositeWithTrainedAlgorithmicMedia`` when a mask keeps part of the source.
+        c2pa_action: the C2PA action recorded when signing: ``c2pa.created`` or ``c2pa.edited``.
     """
 
     name: str = ""
+    source_type: str = "trainedAlgorithmicMedia"
+    c2pa_action: str = "c2pa.created"
     pipelines: Mapping[str, str] = {}
     auto_class: str = ""
     options: type | None = None
