@@ -194,7 +194,8 @@ def info(
     files: Annotated[list[Path], typer.Argument(help="Images written by img2img (or A1111).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per file on stdout.")] = False,
 ) -> None:
-    """Print the generation parameters (A1111 infotext) stored in image files."""
+    """Print the generation parameters (A1111 infotext) stored in image files, and their
+    provenance: the IPTC digital source type (XMP) and any C2PA manifest."""
     from .io import display
     from .metadata import parse_infotext, read_infotext
 
@@ -212,24 +213,38 @@ def info(
             typer.echo(f"img2img: error: {display(f)}: no generation parameters found", err=True)
             code = 1
             continue
+        found = _provenance(f)
         if json_out:
-            typer.echo(json.dumps({"file": display(f), **parse_infotext(text)}, ensure_ascii=False))
-        else:
-            if len(files) > 1:
-                typer.echo(f"==> {display(f)} <==")
-            typer.echo(text)
+            typer.echo(json.dumps({"file": display(f), **parse_infotext(text), **found}, ensure_ascii=False))
+            continue
+        if len(files) > 1:
+            typer.echo(f"==> {display(f)} <==")
+        typer.echo(text)
+        if found.get("digital_source_type"):
+            typer.echo(f"Digital source type: {found['digital_source_type']}")
+        if found.get("c2pa"):
+            m = found["c2pa"]
+            typer.echo(f"C2PA: {m.get('claim_generator')}; actions: {', '.join(m.get('actions') or [])}; {m.get('validation')}")
     raise typer.Exit(code)
 
 
-@app.command()
-def schedulers() -> None:
-    """List the scheduler (sampler) names --scheduler accepts and their diffusers classes."""
-    from .schedulers import SCHEDULERS
+def _provenance(path: Path) -> dict:
+    """``digital_source_type`` (XMP) and ``c2pa`` (the manifest, when c2pa-python is installed
+    and the file has one) of an image; absent keys when it has neither."""
+    from .provenance import read_source_type
 
-    width = max(len(n) for n in SCHEDULERS)
-    for name, (cls, kwargs) in SCHEDULERS.items():
-        extra = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        typer.echo(f"{name:<{width}}  {cls}{f'({extra})' if extra else ''}")
+    found = {}
+    source_type = read_source_type(path)
+    if source_type:
+        found["digital_source_type"] = source_type
+    try:
+        from .credentials import read_manifest
+    except ImportError:
+        return found
+    manifest = read_manifest(path)
+    if manifest:
+        found["c2pa"] = manifest
+    return found
 
 
 StylesFile = Annotated[

@@ -45,10 +45,12 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Seeds are 32-bit like A1111's (``modules/processing.py`` draws ``int(random.randrange(4294967294))``).
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 8192
-#: ``--steps`` limit: the ``num_train_timesteps`` of every SD scheduler config (1000); more
-#: steps than training timesteps is meaningless, and a huge value would spend minutes in the
-#: scheduler's ``set_timesteps`` before the first step.
-MAX_STEPS = 1000
+#: ``--steps`` limit: one less than the ``num_train_timesteps`` of every SD scheduler config
+#: (1000). More steps than training timesteps is meaningless, and a huge value would spend
+#: minutes in the scheduler's ``set_timesteps`` before the first step. At exactly 1000, the SD
+#: configs' ``steps_offset=1`` with "leading" spacing makes diffusers' PNDM, DDIM and DDPM
+#: index timestep 1000 of 0..999 (an IndexError), so 999 is the most that runs everywhere.
+MAX_STEPS = 999
 #: Default ``--max-pixels``: 2.5x Pillow's own decompression-bomb limit (89,478,485 px) would
 #: still be ~850 MB as RGB; inputs above 100 MP are refused.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -197,7 +199,7 @@ class Job:
             raise UsageError(f"--steps must be at least 1, got {self.steps}")
         if self.steps > MAX_STEPS:
             raise UsageError(
-                f"--steps must be at most {MAX_STEPS} (the schedulers' num_train_timesteps), got {self.steps}"
+                f"--steps must be at most {MAX_STEPS} (the schedulers have 1000 training timesteps), got {self.steps}"
             )
         if int(self.steps * self.strength) < 1:
             raise UsageError(
