@@ -41,6 +41,7 @@ list holds commercial CAs); the manifest itself is still valid.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import tempfile
@@ -155,6 +156,13 @@ class Signing:
                 f"--c2pa-key {key_name} does not match the certificate in --c2pa-cert {cert_name} "
                 "(the signing certificate must come first in the file)"
             )
+        start, end = _validity(certs[0])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if not start <= now <= end:
+            raise UsageError(
+                f"--c2pa-cert {cert_name}: the signing certificate is not valid now "
+                f"(valid from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC)"
+            )
         signing = cls(
             cert=cert,
             key=key,
@@ -207,6 +215,15 @@ def _read(flag: str, path: Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise UsageError(f"{flag} {display(path)}: cannot read ({e.strerror or _one_line(e)})") from None
+
+
+def _validity(cert) -> tuple[datetime.datetime, datetime.datetime]:
+    """The certificate's validity period as aware UTC datetimes (cryptography < 42 has naive ones)."""
+    try:
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    except AttributeError:
+        utc = datetime.timezone.utc
+        return cert.not_valid_before.replace(tzinfo=utc), cert.not_valid_after.replace(tzinfo=utc)
 
 
 def _algorithm(private) -> str | None:
@@ -388,7 +405,8 @@ def read_manifest(path: Path, *, trust_anchors: bytes | str | None = None) -> di
           :func:`img2img_cli.provenance.read_source_type`); ``None`` if no action has one.
         - ``validation``: ``"valid"`` when c2pa's validation state is ``Valid`` or
           ``Trusted`` (the signature and every hash check out), else the first failure code
-          (``assertion.dataHash.mismatch`` for an image changed after signing...).
+          other than ``signingCredential.untrusted`` (``assertion.dataHash.mismatch`` for an
+          image changed after signing...).
         - ``trusted``: the signing certificate chains to a trusted root: one of
           ``trust_anchors`` (PEM) or c2pa's configured trust list. A certificate of one's
           own CA is ``False`` (c2pa reports ``signingCredential.untrusted``, informational).
@@ -439,8 +457,10 @@ def _summary(data: dict, state: str | None) -> dict | None:
         validation = "valid"
     else:
         failures = ((data.get("validation_results") or {}).get("activeManifest") or {}).get("failure") or []
-        failures = failures or data.get("validation_status") or []
-        validation = failures[0].get("code") if failures else (state or "invalid").lower()
+        codes = [f.get("code") for f in failures or data.get("validation_status") or [] if f.get("code")]
+        # An untrusted signer is what "trusted" says; name the failure that made it invalid.
+        codes = [c for c in codes if c != "signingCredential.untrusted"] or codes
+        validation = codes[0] if codes else (state or "invalid").lower()
     sig = active.get("signature_info") or {}
     return {
         "claim_generator": claim_generator,
