@@ -210,7 +210,7 @@ class Runner:
             fmt = EXTENSION_FORMATS.get(unit.dest.suffix.lower(), "png")
             path = atomic_save(
                 image, unit.dest, fmt, text, quality=w.job.quality, overwrite=self.config.overwrite and not protect,
-                xmp=self.xmp, finish=self._signer(w, fmt),
+                xmp=self.xmp, finish=self._signer(w, unit.dest, fmt),
             )
         except OutputError as e:
             if e.errno in FATAL_ERRNOS and self.fatal is None:
@@ -222,7 +222,7 @@ class Runner:
             return
         self._unit_done(unit, path, None, seconds + time.perf_counter() - t0)
 
-    def _signer(self, w: WorkItem, fmt: str):
+    def _signer(self, w: WorkItem, dest: Path, fmt: str):
         """``finish(tmp_path)`` for :func:`~img2img_cli.io.atomic_save`: signs the written file
         with C2PA Content Credentials, or ``None`` without ``--c2pa-cert``."""
         if self.signing is None:
@@ -231,7 +231,7 @@ class Runner:
 
         def finish(tmp: Path) -> None:
             sign(self.signing, tmp, fmt, action=self.mode.c2pa_action, source_type=self.mode.source_type,
-                 ingredient=w.input.path, software=software_agent())
+                 ingredient=w.input.path, software=software_agent(), name=display(dest))
 
         return finish
 
