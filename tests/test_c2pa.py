@@ -451,6 +451,12 @@ def test_cli_signs_outputs_only_with_a_certificate(tmp_path, creds, monkeypatch)
     assert "Steps: 2" in read_infotext(signed)
     assert read_source_type(signed) == "trainedAlgorithmicMedia"
     assert temp_leftovers(tmp_path) == []
+    r = runner.invoke(app, ["info", str(signed)])  # what a user sees of it
+    assert r.exit_code == 0, r.stderr
+    assert "Digital source type: trainedAlgorithmicMedia" in r.stdout
+    assert f"C2PA: {SOFTWARE}; actions: c2pa.created; valid" in r.stdout
+    r = runner.invoke(app, ["info", str(signed), "--json"])
+    assert json.loads(r.stdout)["c2pa"]["actions"] == ["c2pa.created"]
 
     r = runner.invoke(app, ["run", str(EXAMPLES / "chelsea.png"), *fast, "-o", str(plain)])
     assert r.exit_code == 0, r.stderr
