@@ -24,7 +24,7 @@ Initiative's bindings of c2pa-rs; ``pip install 'img2img-cli[c2pa]'``), that rec
 
 Without a certificate nothing is signed and nothing is said. Signing happens in the
 writer thread, after the image, its infotext and its XMP are written to a temporary file
-and before that file is moved into place (:func:`img2img_cli.io.atomic_save`); the
+and before that file is moved into place (:func:`img2img_cli.writing.atomic_save`); the
 manifest is added beside the existing metadata, which c2pa leaves as it is.
 
 What c2pa-rs asks of the certificate (checked when signing, so :meth:`Signing.load` signs
@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import OutputError, UsageError
-from .io import display, temp_prefix
+from .io import display
+from .writing import temp_prefix
 
 #: IPTC Digital Source Type vocabulary (as :data:`img2img_cli.provenance.VOCABULARY`).
 VOCABULARY = "http://cv.iptc.org/newscodes/digitalsourcetype/"
@@ -325,7 +326,7 @@ def sign(
     """Embed a signed C2PA manifest into the image file ``path``, in place.
 
     The signed copy is written to a hidden sibling temporary file (named like
-    :func:`img2img_cli.io.temp_prefix`, so a killed process's leftover is cleaned up), given
+    :func:`img2img_cli.writing.temp_prefix`, so a killed process's leftover is cleaned up), given
     ``path``'s permission bits and moved over ``path`` with ``os.replace``.
 
     Args:

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, OutputError
-from .io import EXTENSION_FORMATS, atomic_save, display, load_image, probe_size, remove_stale_temp_files, resize_image, target_size
+from .io import EXTENSION_FORMATS, display, load_image, probe_size, resize_image, target_size
 from .provenance import software_agent, xmp_packet
 from .report import ReportFile, Summary, record
 from .work import Unit, WorkItem, infotext_params
+from .writing import atomic_save, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ class Runner:
         self._unit_done(unit, path, None, seconds + time.perf_counter() - t0)
 
     def _signer(self, w: WorkItem, dest: Path, fmt: str):
-        """``finish(tmp_path)`` for :func:`~img2img_cli.io.atomic_save`: signs the written file
+        """``finish(tmp_path)`` for :func:`~img2img_cli.writing.atomic_save`: signs the written file
         with C2PA Content Credentials, or ``None`` without ``--c2pa-cert``."""
         if self.signing is None:
             return None

@@ -16,16 +16,9 @@ from img2img_cli.inputs import InputItem, collect_inputs
 from img2img_cli.outputs import OutputPlan
 from img2img_cli.config import Job, parse_size
 from img2img_cli.errors import InputError, OutputError, UsageError
-from img2img_cli import io as io_module
-from img2img_cli.io import (
-    atomic_save,
-    free_name,
-    load_image,
-    remove_stale_temp_files,
-    resize_image,
-    target_size,
-    temp_prefix,
-)
+from img2img_cli import writing as writing_module
+from img2img_cli.io import load_image, resize_image, target_size
+from img2img_cli.writing import atomic_save, free_name, remove_stale_temp_files, temp_prefix
 from img2img_cli.metadata import read_infotext
 from img2img_cli.styles import Style, parse_style
 
@@ -234,8 +227,8 @@ def _dead_pid() -> int:
 @pytest.mark.parametrize("host", [None, "build-7"])  # this host's name, or a name with dashes and digits
 def test_remove_stale_temp_files(tmp_path, monkeypatch, host):
     if host is not None:
-        monkeypatch.setattr(io_module, "_HOST", host)
-    here = io_module._HOST
+        monkeypatch.setattr(writing_module, "_HOST", host)
+    here = writing_module._HOST
     assert temp_prefix() == f".img2img-{here}-{os.getpid()}-"
     dead = _dead_pid()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
