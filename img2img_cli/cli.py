@@ -247,6 +247,17 @@ def _provenance(path: Path) -> dict:
     return found
 
 
+@app.command()
+def schedulers() -> None:
+    """List the scheduler (sampler) names --scheduler accepts and their diffusers classes."""
+    from .schedulers import SCHEDULERS
+
+    width = max(len(n) for n in SCHEDULERS)
+    for name, (cls, kwargs) in SCHEDULERS.items():
+        extra = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        typer.echo(f"{name:<{width}}  {cls}{f'({extra})' if extra else ''}")
+
+
 StylesFile = Annotated[
     Optional[Path],
     typer.Option("--styles-file", show_default=False, help="AUTOMATIC1111 styles.csv (name,prompt,negative_prompt) to list too."),

@@ -339,6 +339,14 @@ class RunConfig:
     background: str = option(
         "white", "--background", help="Colour that transparent areas are composited onto: a name, #RRGGBB or R,G,B.",
     )
+    color_correction: bool = option(
+        False, "--color-correction",
+        help="Match the result's colours to the source's (A1111's img2img colour correction: LAB histograms, the result's luminosity kept).",
+    )
+    colorize: bool = option(
+        False, "--colorize",
+        help="Keep the source's luminance and take only the colour from the result (for black-and-white or faded photos).",
+    )
     no_provenance: bool = option(
         False, "--no-provenance",
         help="Do not write the XMP label (IPTC digital source type: made by a trained model) into outputs.",
@@ -428,6 +436,8 @@ class RunConfig:
         for flag, path in (("--c2pa-cert", self.c2pa_cert), ("--c2pa-key", self.c2pa_key)):
             if path is not None and not path.is_file():
                 raise UsageError(f"{flag} {path}: no such file")
+        if self.color_correction and self.colorize:
+            raise UsageError("--color-correction and --colorize contradict each other; pass one")
         if self.styles_file is not None and not self.style:
             raise UsageError("--styles-file needs --style NAME")
         job.validate()

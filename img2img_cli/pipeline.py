@@ -137,7 +137,7 @@ def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list
         return tensors
 
     with torch.inference_mode():
-        out = pipe(
+        kwargs = dict(
             prompt=[r.prompt for r in requests],
             # None, not "", for no negative prompt: what the pipeline called without one gets.
             # SD 1.x / 2.x encode "" either way; SDXL base (force_zeros_for_empty_prompt) then
@@ -150,8 +150,10 @@ def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list
             generator=generators,
             output_type="pt",
             callback_on_step_end=on_step_end,
-            **(mode.call_kwargs(requests) if mode is not None else {}),
         )
+        if mode is not None:
+            kwargs.update(mode.call_kwargs(pipe, requests))
+        out = pipe(**kwargs)
         images = _redecode_non_finite(pipe, out.images, final.get("latents"))
     return to_pil(images)
 

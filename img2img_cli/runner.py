@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, OutputError
-from .io import EXTENSION_FORMATS, display, load_image, probe_size, resize_image, target_size
+from .io import EXTENSION_FORMATS, display, load_image, probe_size, target_size
 from .provenance import software_agent, xmp_packet
 from .report import ReportFile, Summary, record
 from .work import Unit, WorkItem, infotext_params
@@ -112,6 +112,8 @@ class Runner:
         self.pin = False  # pinned host memory for image tensors (CUDA)
         self.xmp = None if config.no_provenance else xmp_packet(mode.source_type)
         self.signing = signing
+        # A1111 writes "Color correction: True"; colorize is ours, written the same way
+        self._colour_fields = {k: True for k, on in (("Color correction", config.color_correction), ("Colorize", config.colorize)) if on}
         self._kept: dict[int, object] = {}  # prepared images of items with units in later batches
         self._unread: dict[int, int] = {}  # item index -> its units in batches not yet prepared
 
@@ -164,15 +166,17 @@ class Runner:
         return batches
 
     def _read(self, w: WorkItem):
-        """``(tensor, extras)`` for one item, or the :class:`InputError` it raised: the source
-        read, resized and converted to a float32 tensor ``(3, H, W)`` in ``[0, 1]`` (pinned on
-        CUDA), and the mode's extra inputs."""
+        """``(tensor, prepared)`` for one item, or the :class:`InputError` it raised: the
+        mode's :class:`~img2img_cli.modes.Prepared` input (by default the source resized to the
+        output size) and its image as a float32 tensor ``(3, H, W)`` in ``[0, 1]`` (pinned on
+        CUDA)."""
         from .pipeline import to_tensor
 
         try:
-            src = load_image(w.input.path, max_pixels=self.config.max_pixels, background=self.config.background_rgb, target=w.size)
-            image = to_tensor(resize_image(src, *w.size, w.job.resize_mode), pin=self.pin)
-            return image, self.mode.read_extras(w, w.size, self.config)
+            target = w.size if self.mode.scales_source(self.config) else None  # JPEG draft decoding
+            src = load_image(w.input.path, max_pixels=self.config.max_pixels, background=self.config.background_rgb, target=target)
+            prepared = self.mode.prepare(w, src, w.size, self.config)
+            return to_tensor(prepared.image, pin=self.pin), prepared
         except InputError as e:
             return e
         except Exception as e:  # a Pillow plugin bug must not stop the folder
@@ -195,16 +199,18 @@ class Runner:
                 self._kept[index] = out[index]
         return out
 
-    def _save(self, unit: Unit, image, seconds: float) -> None:
-        """Write one result (writer thread)."""
+    def _save(self, unit: Unit, image, seconds: float, prepared) -> None:
+        """Finish (the mode's :meth:`~img2img_cli.modes.Mode.finish`, then the colour steps)
+        and write one result (writer thread)."""
         from .metadata import format_infotext
 
         w = unit.item
         t0 = time.perf_counter()
         try:
+            image = self._finish(image, prepared)
             params = infotext_params(
                 w.job, seed=unit.seed, size=w.size, sampler=self.sampler, model_name=self.model_name,
-                extra=self.mode.infotext(w),
+                extra={**self.mode.infotext(w), **self._colour_fields},
             )
             text = format_infotext(w.prompt, w.negative_prompt, params)
             protect = os.path.realpath(unit.dest) in self.protected
@@ -222,6 +228,22 @@ class Runner:
             self._unit_done(unit, None, f"{display(unit.dest)}: cannot write ({short(e)})", seconds + time.perf_counter() - t0)
             return
         self._unit_done(unit, path, None, seconds + time.perf_counter() - t0)
+
+    def _finish(self, image, prepared):
+        """The mode's finish (an inpainting overlay), then the colour steps of the run:
+        ``--color-correction`` before the overlay, as A1111 does, so kept pixels stay the
+        source's; ``--colorize`` after it, against the whole canvas."""
+        canvas = prepared.canvas
+        if self.config.color_correction:
+            from .color import color_correct
+
+            image = color_correct(image, canvas if canvas.size == image.size else canvas.resize(image.size))
+        image = self.mode.finish(image, prepared)
+        if self.config.colorize:
+            from .color import colorize
+
+            image = colorize(image, canvas)
+        return image
 
     def _signer(self, w: WorkItem, dest: Path, fmt: str):
         """``finish(tmp_path)`` for :func:`~img2img_cli.writing.atomic_save`: signs the written file
@@ -242,8 +264,8 @@ class Runner:
         out = []
         for u in batch:
             w = u.item
-            image, extras = prepared[w.index]
-            out.append(Request(image, w.prompt, w.negative_prompt, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, extras))
+            image, ready = prepared[w.index]
+            out.append(Request(image, w.prompt, w.negative_prompt, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, ready.extras))
         return out
 
     def _generate(self, pipe, batch: list[Unit], prepared: dict[int, object]):
@@ -306,7 +328,7 @@ class Runner:
                 msg = f"{display(u.item.input.path)}: generation failed ({type(result).__name__}: {' '.join(str(result).split())})"
                 writer.submit(self._unit_done, u, None, msg, per)
             else:
-                writer.submit(self._save, u, result, per)
+                writer.submit(self._save, u, result, per, prepared[u.item.index][1])
         return len(ready)
 
     def _plan(self, native: int) -> list[list[Unit]]:
@@ -316,7 +338,7 @@ class Runner:
         multiple = 64 if self.config.speed.compile else 8
         for w in self.todo:
             try:
-                src = probe_size(w.input.path, max_pixels=self.config.max_pixels)
+                src = self.mode.canvas_size(w, probe_size(w.input.path, max_pixels=self.config.max_pixels), self.config)
                 w.size = target_size(src, native, w.job.width, w.job.height, multiple=multiple)
             except InputError as e:
                 self._fail_item(w, str(e))

@@ -41,13 +41,15 @@ class Eta(Img2Img):
         if not 0 <= config.mode_options.eta <= 1:
             raise UsageError(f"--eta must be in [0, 1], got {config.mode_options.eta}")
 
-    def read_extras(self, item, size, config):
-        return {"eta": config.mode_options.eta}
+    def prepare(self, item, source, size, config):
+        prepared = super().prepare(item, source, size, config)
+        prepared.extras["eta"] = config.mode_options.eta
+        return prepared
 
     def batch_key(self, item):
         return ("eta",)
 
-    def call_kwargs(self, requests):
+    def call_kwargs(self, pipe, requests):
         return {"eta": requests[0].extras["eta"]}
 
     def infotext(self, item):
@@ -175,10 +177,10 @@ def test_a_mode_input_error_fails_its_image_alone(monkeypatch, tmp_path, photos)
     from img2img_cli.errors import InputError
 
     class NeedsPair(Eta):
-        def read_extras(self, item, size, config):
+        def prepare(self, item, source, size, config):
             if item.input.path.name == "rocket.jpg":
                 raise InputError(f"{item.input.path.name}: no mask")
-            return super().read_extras(item, size, config)
+            return super().prepare(item, source, size, config)
 
     monkeypatch.setitem(modes.MODES, "eta", NeedsPair)
     config = config_for(photos, tmp_path / "out", eta=0.0, batch_size="4", steps=2, report=tmp_path / "r.jsonl")

@@ -20,6 +20,7 @@ its infotext fields).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import ModelError, UsageError
@@ -35,6 +36,28 @@ FAMILIES: Mapping[str, str] = {
 }
 
 
+@dataclass
+class Prepared:
+    """One item's pipeline input, made in the reader thread by :meth:`Mode.prepare`.
+
+    Attributes:
+        image: the pipeline's source image, RGB ``PIL.Image`` at the output size.
+        extras: the mode's extra per-image inputs (a mask...), handed to
+            :meth:`Mode.call_kwargs` through :attr:`img2img_cli.pipeline.Request.extras` and to
+            :meth:`Mode.finish`.
+        canvas: the picture the final output is aligned with, pixel for pixel (the colour
+            steps compare against it): :attr:`image` unless the mode says otherwise.
+    """
+
+    image: object
+    extras: dict = field(default_factory=dict)
+    canvas: object = None
+
+    def __post_init__(self):
+        if self.canvas is None:
+            self.canvas = self.image
+
+
 class Mode:
     """One kind of job. Subclass it, override what differs, register it in :data:`MODES`.
 
@@ -45,8 +68,8 @@ class Mode:
             is not in :data:`FAMILIES` (it raises if diffusers has no pipeline for it).
         options: a frozen dataclass of the mode's own options (:func:`~img2img_cli.config.option`
             fields), or ``None``.
-        trigger: the field of :attr:`options` whose value selects this mode (``None``: the
-            default mode).
+        trigger: the field (or a tuple of fields) of :attr:`options` whose value selects this
+            mode (``None``: the default mode).
         source_type: the IPTC digital source type of its outputs (:mod:`img2img_cli.provenance`):
             ``trainedAlgorithmicMedia`` when the whole picture is regenerated,
             ``compositeWithTrainedAlgorithmicMedia`` when a mask keeps part of the source.
@@ -79,21 +102,51 @@ class Mode:
         """Cross-flag checks of this mode's options against the whole
         :class:`~img2img_cli.config.RunConfig`. Raises :class:`UsageError`."""
 
-    def read_extras(self, item, size: tuple[int, int], config) -> dict:
-        """Extra per-image inputs for ``item`` (a :class:`~img2img_cli.work.WorkItem`) at the
-        output ``size`` ``(width, height)``, read in the runner's reader thread. Raises
-        :class:`~img2img_cli.errors.InputError` naming the file; the item then fails alone."""
-        return {}
+    def scales_source(self, config) -> bool:
+        """Whether the source is only ever used scaled down to the output size, so a JPEG may be
+        decoded at a reduced scale (Pillow's draft). ``False`` when the mode needs it whole."""
+        return True
+
+    def canvas_size(self, item, source_size: tuple[int, int], config) -> tuple[int, int]:
+        """The size ``(width, height)`` of the picture the mode works on, from the source's
+        (read from its header); the output size is derived from it. Outpainting grows it."""
+        return source_size
+
+    def prepare(self, item, source, size: tuple[int, int], config) -> "Prepared":
+        """The pipeline's input for ``item`` (a :class:`~img2img_cli.work.WorkItem`) and the
+        mode's extra inputs, in the runner's reader thread.
+
+        Args:
+            source: the source photo, an RGB ``PIL.Image`` at its own size.
+            size: the output size ``(width, height)``, multiples of 8.
+
+        Returns:
+            a :class:`Prepared`: by default the source resized to ``size`` with the job's resize
+            mode (``--resize``), no extras.
+
+        Raises:
+            InputError: naming the file (a missing mask, say); the item then fails alone.
+        """
+        from ..io import resize_image
+
+        return Prepared(resize_image(source, *size, item.job.resize_mode))
 
     def batch_key(self, item) -> tuple:
         """What, beyond size, strength, steps and guidance scale, must be equal for two
         images of this mode to share one pipeline call."""
         return ()
 
-    def call_kwargs(self, requests: list) -> dict:
-        """Extra keyword arguments of the pipeline call for a batch of
-        :class:`~img2img_cli.pipeline.Request` (their ``extras``)."""
+    def call_kwargs(self, pipe, requests: list) -> dict:
+        """Keyword arguments of the pipeline call for a batch of
+        :class:`~img2img_cli.pipeline.Request` (from their ``extras``), added to or replacing
+        the plain img2img ones (``image``, ``prompt``...). Runs on the device thread."""
         return {}
+
+    def finish(self, image, prepared: "Prepared"):
+        """The output from the pipeline's ``image`` (an RGB ``PIL.Image`` at the output size),
+        in the writer thread: inpainting composites it onto the source here. Returns an RGB
+        image of ``prepared.canvas``'s size."""
+        return image
 
     def infotext(self, item) -> dict:
         """Extra A1111 infotext fields for ``item``'s images (``{"Mask blur": 4}``)."""
@@ -128,9 +181,9 @@ def select(values: dict) -> Mode:
             (naming the flag and what it needs).
     """
     modes = [get(n) for n in MODES]
-    chosen = [m for m in modes if m.trigger and _is_set(values.get(m.trigger))]
+    chosen = [m for m in modes if any(_is_set(values.get(t)) for t in _triggers(m))]
     if len(chosen) > 1:
-        flags = " and ".join(_flag(m.options, m.trigger) for m in chosen)
+        flags = " and ".join(_flag(m.options, next(t for t in _triggers(m) if _is_set(values.get(t)))) for m in chosen)
         raise UsageError(f"{flags} contradict each other; pass one")
     mode = chosen[0] if chosen else modes[0]
     for other in modes:
@@ -139,8 +192,15 @@ def select(values: dict) -> Mode:
         for f in dataclasses.fields(other.options):
             default = f.default if f.default is not dataclasses.MISSING else None
             if f.name in values and values[f.name] not in (None, default):
-                raise UsageError(f"{_flag(other.options, f.name)} needs {_flag(other.options, other.trigger)}")
+                needs = " or ".join(_flag(other.options, t) for t in _triggers(other))
+                raise UsageError(f"{_flag(other.options, f.name)} needs {needs}")
     return mode
+
+
+def _triggers(mode: Mode) -> tuple[str, ...]:
+    if not mode.trigger:
+        return ()
+    return (mode.trigger,) if isinstance(mode.trigger, str) else tuple(mode.trigger)
 
 
 def _is_set(value) -> bool:
