@@ -40,6 +40,12 @@ SINGLE_FILE_CONFIGS = {
     "v2-base": "sd2-base",
     "xl_base": "sdxl",
     "xl_refiner": "sdxl-refiner",
+    # Inpainting checkpoints: UNet ``input_blocks.0.0.weight`` with 9 input channels (4 latent +
+    # 4 masked-image latent + 1 mask); diffusers tells SD 2.x and SDXL ones apart by the same keys
+    # as for the plain models.
+    "inpainting": "sd15-inpaint",
+    "inpainting_v2": "sd2-inpaint",
+    "xl_inpaint": "sdxl-inpaint",
 }
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -73,7 +79,8 @@ def resolve_model(model: str, model_config: str | None = None) -> ModelSpec:
     Args:
         model: ``tiny``, a folder, a ``.safetensors`` file or a hub repo id.
         model_config: for a single file, a shipped config name (``sd15``, ``sd2``,
-            ``sd2-base``, ``sdxl``, ``sdxl-refiner``) or a local diffusers folder; by default
+            ``sd2-base``, ``sdxl``, ``sdxl-refiner``, ``sd15-inpaint``, ``sd2-inpaint``,
+            ``sdxl-inpaint``) or a local diffusers folder; by default
             it is inferred from the checkpoint's keys (diffusers ``infer_diffusers_model_type``).
 
     Raises:
@@ -314,11 +321,16 @@ def _single_file_config(path: Path, model_config: str | None) -> Path:
             kind = "unknown"
         elif kind == "v2" and not _sd2_is_v_prediction(ckpt):
             kind = "v2-base"
+        elif kind == "inpainting" and any(k.startswith(_SGM_PREFIX) for k in ckpt.keys()):
+            # diffusers' fallback for a 9-channel UNet that is neither SD 2.x nor SDXL base: an
+            # SGM-layout file (``conditioner.``, e.g. a refiner-like model) is not SD 1.x.
+            kind = "unknown"
     except Exception as e:
         raise ModelError(f"--model {path}: cannot read checkpoint ({' '.join(str(e).split())})") from None
     if kind not in SINGLE_FILE_CONFIGS:
         raise ModelError(
-            f"--model {path}: checkpoint type {kind!r} is not supported (SD 1.x, SD 2.x, SDXL); "
+            f"--model {path}: checkpoint type {kind!r} is not supported (SD 1.x, SD 2.x, SDXL, "
+            "and their inpainting versions); "
             "pass --model-config with a diffusers folder that matches it"
         )
     return CONFIGS_DIR / SINGLE_FILE_CONFIGS[kind]
@@ -326,6 +338,8 @@ def _single_file_config(path: Path, model_config: str | None) -> Path:
 
 #: A key every SD 1.x / 2.x UNet in original (LDM) layout has (diffusers ``CHECKPOINT_KEY_NAMES["v1"]``).
 _V1_KEY = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
+#: Stability AI's generative-models (SDXL) layout keeps the text encoders under this prefix.
+_SGM_PREFIX = "conditioner."
 _SD2_VPRED_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
 
 

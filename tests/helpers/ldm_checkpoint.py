@@ -32,7 +32,14 @@ inverse of diffusers ``single_file_utils.convert_open_clip_checkpoint`` and of t
 ``DIFFUSERS_TO_LDM_MAPPING["openclip"]`` table it uses.
 
 SD 2.x's OpenCLIP layout (``cond_stage_model.model.``) and SDXL refiner checkpoints (one OpenCLIP
-encoder under ``conditioner.embedders.0.model.``) are not written.
+encoder under ``conditioner.embedders.0.model.``) are not written as whole models.
+
+Inpainting pipelines (``StableDiffusionInpaintPipeline``, UNet ``in_channels=9``) need nothing
+special: ``conv_in`` becomes ``model.diffusion_model.input_blocks.0.0.weight`` of shape
+``(C, 9, 3, 3)``, which is what diffusers' ``infer_diffusers_model_type`` reads to call a
+checkpoint ``inpainting``. For detection-only tests, :func:`save_detection_checkpoint` writes just
+the few keys that function reads, with the real models' shapes, for any of SD 1.x / SD 2.x / SDXL
+base, 4- or 9-channel.
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ import torch
 from safetensors.torch import save_file
 
 __all__ = [
+    "DETECTION_KEYS",
     "convert_open_clip_text_enc_state_dict",
     "convert_text_enc_state_dict",
     "convert_unet_state_dict",
     "convert_vae_state_dict",
+    "save_detection_checkpoint",
     "save_original_checkpoint",
 ]
 
@@ -409,6 +418,49 @@ def save_original_checkpoint(pipe: Any, path: Path, *, half: bool = False) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(out, str(path), metadata={"format": "pt"})
+
+
+# ======================#
+# Detection-only files  #
+# ======================#
+
+#: The keys diffusers' ``infer_diffusers_model_type`` reads (``CHECKPOINT_KEY_NAMES``) for SD 1.x /
+#: 2.x / SDXL base, plus the SD 2.x norm bias the project reads to tell 768-v from 512-base.
+DETECTION_KEYS = {
+    "conv_in": "model.diffusion_model.input_blocks.0.0.weight",  # "inpainting": shape[1] == 9
+    "v1": "model.diffusion_model.output_blocks.11.0.skip_connection.weight",
+    "v2": "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight",  # shape[-1] 1024
+    "sd2_norm": "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias",
+    "xl_base": "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias",
+}
+
+
+def save_detection_checkpoint(path: Path, arch: str, *, in_channels: int = 4, v_prediction: bool = False) -> Path:
+    """Write a small ``.safetensors`` with only the keys single-file type detection reads.
+
+    ``arch`` is ``"sd15"`` (SD 1.x), ``"sd2"`` (SD 2.x; ``v_prediction`` picks the 768-v or the
+    512-base statistics of ``norm1.bias``) or ``"sdxl"`` (SDXL base, original SGM layout). The
+    UNet's first convolution has ``in_channels`` inputs (9 for an inpainting model) and the real
+    models' output width (320). Tensors are zeros except that norm bias; no model can load it.
+    """
+    keys = DETECTION_KEYS
+    tensors: dict[str, torch.Tensor] = {keys["conv_in"]: torch.zeros(320, in_channels, 3, 3)}
+    if arch in ("sd15", "sd2"):
+        tensors[keys["v1"]] = torch.zeros(320, 640, 1, 1)
+    if arch == "sd15":
+        tensors[keys["v2"]] = torch.zeros(320, 768)  # SD 1.x cross-attention: CLIP ViT-L, 768 wide
+    elif arch == "sd2":
+        tensors[keys["v2"]] = torch.zeros(320, 1024)
+        # ComfyUI's rule (see img2img_cli.models.resolve): std > 0.09 means v-prediction.
+        tensors[keys["sd2_norm"]] = torch.linspace(-1, 1, 320) if v_prediction else torch.full((320,), 0.01)
+    elif arch == "sdxl":
+        tensors[keys["xl_base"]] = torch.zeros(1280)
+    else:
+        raise ValueError(f"arch must be sd15, sd2 or sdxl, not {arch!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
 
 
 # ========#
