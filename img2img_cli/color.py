@@ -33,21 +33,17 @@ __all__ = ["color_correct", "colorize"]
 _LUM_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
-def _rgb_array(image: Image.Image, name: str) -> np.ndarray:
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"{name} must be a PIL.Image.Image, not {type(image).__name__}")
-    return np.asarray(image.convert("RGB"))
-
-
 def _pair(image: Image.Image, source: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    result = _rgb_array(image, "image")
-    src = _rgb_array(source, "source")
+    """Both images as uint8 RGB arrays (H, W, 3), after checking their types and sizes."""
+    for name, im in (("image", image), ("source", source)):
+        if not isinstance(im, Image.Image):
+            raise TypeError(f"{name} must be a PIL.Image.Image, not {type(im).__name__}")
     if image.size != source.size:
         raise ValueError(
             f"image and source must be the same size: image is {image.size[0]}x{image.size[1]}, "
             f"source is {source.size[0]}x{source.size[1]}"
         )
-    return result, src
+    return np.asarray(image.convert("RGB")), np.asarray(source.convert("RGB"))
 
 
 def _float(rgb8: np.ndarray) -> np.ndarray:
