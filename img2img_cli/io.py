@@ -233,7 +233,7 @@ RESIZE_MODES = {"just": "default", "crop": "crop", "fill": "fill"}
 
 
 @functools.lru_cache(maxsize=1)
-def _image_processor():
+def image_processor():
     """diffusers' ``VaeImageProcessor`` with LANCZOS resampling and no ``reducing_gap`` (its
     defaults, set here explicitly so a change of defaults cannot change our pixels). Imported
     lazily: diffusers imports torch, which ``img2img --help`` must not pay for."""
@@ -264,7 +264,7 @@ def resize_image(im, width: int, height: int, mode: str = "crop"):
         raise ValueError(f"unknown resize mode {mode!r}")
     if im.size == (width, height):
         return im
-    return _image_processor().resize(im, height, width, resize_mode=RESIZE_MODES[mode])
+    return image_processor().resize(im, height, width, resize_mode=RESIZE_MODES[mode])
 
 
 def output_name(rel: Path, fmt: str, k: int | None = None) -> Path:

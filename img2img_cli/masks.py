@@ -14,7 +14,7 @@ from .errors import InputError
 from .io import IMAGE_EXTENSIONS, display, probe_size
 
 
-def load_mask(path: Path, *, max_pixels: int) -> "Image.Image":
+def load_mask(path: Path, *, max_pixels: int):
     """Read a mask file as mode ``"L"``: its alpha channel when it has one that is not fully
     opaque (a mask painted on a transparent layer), else the image converted to greyscale
     (Pillow's ITU-R 601-2 luma). EXIF orientation is applied.

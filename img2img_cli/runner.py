@@ -210,7 +210,7 @@ class Runner:
             image = self._finish(image, prepared)
             params = infotext_params(
                 w.job, seed=unit.seed, size=w.size, sampler=self.sampler, model_name=self.model_name,
-                extra={**self.mode.infotext(w), **self._colour_fields},
+                extra={**self.mode.infotext(w, self.config), **self._colour_fields},
             )
             text = format_infotext(w.prompt, w.negative_prompt, params)
             protect = os.path.realpath(unit.dest) in self.protected

@@ -52,7 +52,7 @@ class Eta(Img2Img):
     def call_kwargs(self, pipe, requests):
         return {"eta": requests[0].extras["eta"]}
 
-    def infotext(self, item):
+    def infotext(self, item, config):
         return {"Eta DDIM": 1}
 
 

@@ -148,7 +148,7 @@ class Mode:
         image of ``prepared.canvas``'s size."""
         return image
 
-    def infotext(self, item) -> dict:
+    def infotext(self, item, config) -> dict:
         """Extra A1111 infotext fields for ``item``'s images (``{"Mask blur": 4}``)."""
         return {}
 
@@ -159,8 +159,14 @@ def _img2img() -> Mode:
     return Img2Img()
 
 
+def _inpaint() -> Mode:
+    from .inpaint import Inpaint
+
+    return Inpaint()
+
+
 #: name -> factory of the registered modes; the first is the default.
-MODES = {"img2img": _img2img}
+MODES = {"img2img": _img2img, "inpaint": _inpaint}
 
 
 def get(name: str) -> Mode:
