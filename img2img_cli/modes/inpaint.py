@@ -161,10 +161,14 @@ class Inpaint(Mode):
         return ()
 
     def call_kwargs(self, pipe, requests: list) -> dict:
-        kwargs = {"mask_image": [r.extras["mask"] for r in requests]}
+        """The masks, and the size (the inpainting pipelines default to the model's native size
+        instead of the image's); for ``latent-noise`` / ``latent-nothing`` the starting latents
+        as ``image`` and the masked latents as ``masked_image_latents``."""
+        width, height = requests[0].size
+        kwargs = {"mask_image": [r.extras["mask"] for r in requests], "height": height, "width": width}
         content = requests[0].extras["content"]
         if content in ("latent-noise", "latent-nothing"):
-            kwargs["image"] = _start_latents(pipe, requests, noise=content == "latent-noise")
+            kwargs["image"], kwargs["masked_image_latents"] = _start_latents(pipe, requests, noise=content == "latent-noise")
         return kwargs
 
     def finish(self, image, prepared: Prepared):
@@ -200,14 +204,19 @@ def _start_latents(pipe, requests: list, *, noise: bool):
     """The starting latents for ``latent-noise`` / ``latent-nothing`` (A1111: ``init_latent *
     mask_inverse + noise * mask`` / ``init_latent * mask_inverse``): each source VAE-encoded
     (the distribution's mean, scaled), its masked part replaced by the seed's Gaussian noise
-    or zeros; passed to the pipeline as ``image``, which takes 4-channel input as latents."""
+    or zeros; passed to the pipeline as ``image``, which takes 4-channel input as latents.
+
+    Returns:
+        ``(start, masked)``: ``(B, 4, h, w)`` latents each, ``masked`` with zeros under the mask
+        (the masked image a 9-channel UNet is conditioned on).
+    """
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     vae = pipe.vae
     device, dtype = vae.device, vae.dtype
-    latents = []
+    latents, masked = [], []
     for r in requests:
         x = (r.image.unsqueeze(0).to(device=device, dtype=dtype) * 2 - 1)
         lat = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
@@ -215,4 +224,5 @@ def _start_latents(pipe, requests: list, *, noise: bool):
         m = F.interpolate(m[None, None], size=lat.shape[-2:], mode="bilinear").round().to(device=device, dtype=dtype)
         filler = torch.randn(lat.shape, generator=torch.Generator("cpu").manual_seed(r.seed)).to(device=device, dtype=dtype) if noise else 0
         latents.append(lat * (1 - m) + filler * m)
-    return torch.cat(latents)
+        masked.append(lat * (1 - m))
+    return torch.cat(latents), torch.cat(masked)
