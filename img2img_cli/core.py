@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RunConfig
+from .errors import UsageError
 from .io import display
 from .report import ReportFile, Summary, record
 from .work import Outcome, WorkItem
@@ -47,6 +48,10 @@ def plan(config: RunConfig, mode) -> list[WorkItem]:
         items = [InputItem(r.input, Path(r.input.name)) for r in rows]
     else:
         items = collect_inputs(config.inputs, recursive=config.recursive)
+    if rows and mode.name != "inpaint":
+        row = next((r for r in rows if r.mask is not None), None)
+        if row is not None:
+            raise UsageError(f"--jobs {display(config.jobs)} line {row.line}: a mask needs inpainting: pass --mask too (a mask or a folder for rows without one)")
     outputs = OutputPlan.make(config.output, config.job.fmt, len(items) * config.job.num_images)
     return plan_work(
         config.job, items, outputs, rows=rows, style=style, prompt_from_sidecar=config.prompt_from_sidecar, mode=mode,

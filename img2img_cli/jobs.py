@@ -12,6 +12,7 @@ means "use the command-line value":
 ``steps``          scheduler steps, >= 1
 ``guidance_scale`` CFG scale (also ``guidance``, ``cfg_scale``)
 ``output``         output name, relative to the output folder (no ``..``, not absolute)
+``mask``           inpainting mask, relative to the jobs file's folder (needs ``--mask``)
 =================  ==========================================================
 
 Every row is validated before the model loads; an error names the file and line.
@@ -41,6 +42,7 @@ COLUMNS = {
     "guidance": "guidance_scale",
     "cfg_scale": "guidance_scale",
     "output": "output",
+    "mask": "mask",
 }
 _CASTS = {"seed": int, "strength": float, "steps": int, "guidance_scale": float}
 
@@ -53,6 +55,7 @@ class JobRow:
     overrides: dict = field(default_factory=dict)
     output: PurePath | None = None
     line: int = 0
+    mask: Path | None = None
 
 
 def safe_relative(name: str, where: str) -> PurePath:
@@ -100,11 +103,16 @@ def _row(raw: dict, where: str, base: Path, job: Job) -> JobRow:
         raise UsageError(f"{where}: input {display(path)}: no such file")
     output = values.pop("output", None)
     out = safe_relative(output, where) if output is not None else None
+    mask = values.pop("mask", None)
+    if mask is not None:
+        mask = Path(mask) if Path(mask).is_absolute() else base / mask
+        if not mask.is_file():
+            raise UsageError(f"{where}: mask {display(mask)}: no such file")
     try:
         job.replace(**values).validate()
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
-    return JobRow(path, values, out)
+    return JobRow(path, values, out, mask=mask)
 
 
 def load_jobs(path: Path, job: Job) -> list[JobRow]:
@@ -178,7 +186,7 @@ def _csv_rows(path: Path, job: Job) -> list[JobRow]:
                     if len(cells) > len(header):
                         raw[None] = cells[len(header) :]
                     r = _row(raw, where, base, job)
-                    rows.append(JobRow(r.input, r.overrides, r.output, start))
+                    rows.append(JobRow(r.input, r.overrides, r.output, start, r.mask))
             except csv.Error as e:
                 raise UsageError(f"--jobs {display(path)} line {start}: {_csv_error(e, start, reader.line_num)}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -213,5 +221,5 @@ def _jsonl_rows(path: Path, job: Job) -> list[JobRow]:
         if not isinstance(raw, dict):
             raise UsageError(f"{where}: expected a JSON object")
         r = _row(raw, where, base, job)
-        rows.append(JobRow(r.input, r.overrides, r.output, line))
+        rows.append(JobRow(r.input, r.overrides, r.output, line, r.mask))
     return rows

@@ -66,6 +66,7 @@ class WorkItem:
         size: output ``(width, height)`` in pixels, set by the runner's header scan.
         outcome: what happened to it, set by the runner; pending: its images not yet done.
         mode_key: the mode's part of the batch key (:meth:`~img2img_cli.modes.Mode.batch_key`).
+        mask: the jobs file's mask for this input (inpainting), or ``None``.
     """
 
     index: int
@@ -79,6 +80,7 @@ class WorkItem:
     outcome: Outcome | None = None
     pending: int = 0
     mode_key: tuple = ()
+    mask: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def plan_work(
                 k += 1
         taken.update(paths)
         base = item_job.seed if item_job.seed is not None else random_seed()
-        w = WorkItem(i, item, item_job, prompt, negative, paths, base)
+        w = WorkItem(i, item, item_job, prompt, negative, paths, base, mask=row.mask if row is not None else None)
         if mode is not None:
             w.mode_key = mode.batch_key(w)
         work.append(w)

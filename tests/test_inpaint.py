@@ -246,3 +246,61 @@ def test_the_pipeline_input_is_the_resized_source(scene):
     im = Image.open(src).convert("RGB")
     assert resize_image(im, 64, 64, "crop").size == (64, 64)
     assert image_processor() is image_processor()
+
+
+def test_sdxl_inpaint_equals_diffusers_with_overlay(tmp_path, scene):
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    from .helpers.tiny_sdxl import save_tiny_sdxl
+
+    model = save_tiny_sdxl(tmp_path / "tiny-sdxl")
+    src, mask = scene
+    out = tmp_path / "out.png"
+    r = invoke("run", src, "--model", model, *ARGS, "--mask", mask, "--mask-blur", "0", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    pipe = StableDiffusionXLInpaintPipeline.from_pretrained(str(model), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    image, mask_image = Image.open(src).convert("RGB"), Image.open(mask).convert("L")
+    theirs = pipe(prompt="a red ball", negative_prompt="blurry", image=image, mask_image=mask_image, strength=0.8,
+                  num_inference_steps=6, guidance_scale=6, height=64, width=64,
+                  generator=torch.Generator("cpu").manual_seed(5)).images[0]
+    theirs = pipe.image_processor.apply_overlay(mask_image, image, theirs)
+    assert np.abs(pixels(out) - pixels(theirs)).max() <= 1
+    assert np.abs(pixels(out) - pixels(src))[np.asarray(mask_image) > 0].mean() > 5
+
+
+def test_single_file_inpainting_checkpoint_and_img2img_refusal(tmp_path, scene, nine_channel):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from .helpers.ldm_checkpoint import save_original_checkpoint
+
+    src, mask = scene
+    ckpt = tmp_path / "tiny-inpaint.safetensors"
+    save_original_checkpoint(StableDiffusionInpaintPipeline.from_pretrained(str(nine_channel)), ckpt)
+    a, b = tmp_path / "file.png", tmp_path / "folder.png"
+    common = [*ARGS, "--mask", mask, "--mask-blur", "0"]
+    r = invoke("run", src, "--model", ckpt, "--model-config", nine_channel, *common, "-o", a)
+    assert r.exit_code == 0, r.stderr
+    assert invoke("run", src, "--model", nine_channel, *common, "-o", b).exit_code == 0
+    assert np.abs(pixels(a) - pixels(b)).max() <= 1
+    r = invoke("run", src, "--model", nine_channel, "--steps", "2", "-o", tmp_path / "c.png")
+    assert r.exit_code == 2 and "an inpainting model (StableDiffusionInpaintPipeline) needs a mask" in r.stderr
+
+
+def test_jobs_mask_column(tmp_path, photos):
+    disc = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(disc).ellipse((16, 16, 48, 48), fill=255)
+    disc.save(tmp_path / "disc.png")
+    Image.new("L", (8, 8), 0).save(tmp_path / "none.png")  # a mask that keeps everything
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"input,mask\n{photos / 'coffee.png'},disc.png\n{photos / 'camera.png'},\n")
+    common = ["--model", "tiny", "--steps", "3", "--seed", "1", "--size", "64x64", "--mask-blur", "0"]
+    r = invoke("run", "--jobs", jobs, *common[:-2], "-o", tmp_path / "out")
+    assert r.exit_code == 2 and "line 2: a mask needs inpainting: pass --mask too" in r.stderr
+    r = invoke("run", "--jobs", jobs, *common, "--mask", tmp_path / "none.png", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    camera = pixels(resize_image(Image.open(photos / "camera.png").convert("RGB"), 64, 64, "crop"))
+    assert (pixels(tmp_path / "out" / "camera.png") == camera).all()  # the --mask default: nothing repainted
+    coffee = pixels(resize_image(Image.open(photos / "coffee.png").convert("RGB"), 64, 64, "crop"))
+    changed = np.abs(pixels(tmp_path / "out" / "coffee.png") - coffee).max(axis=2) > 0
+    assert changed[32, 32] and not changed[2, 2]  # its own mask: the disc

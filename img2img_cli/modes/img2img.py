@@ -21,3 +21,15 @@ class Img2Img(Mode):
         "stable-diffusion-xl": "StableDiffusionXLImg2ImgPipeline",
     }
     auto_class = "AutoPipelineForImage2Image"
+
+    def pipeline_class(self, index_class: str, model: str) -> str:
+        """As :meth:`Mode.pipeline_class`; an inpainting model (9-channel UNet) is refused.
+
+        Raises:
+            ModelError: the model is an inpainting model, naming ``--mask``.
+        """
+        if index_class in ("StableDiffusionInpaintPipeline", "StableDiffusionXLInpaintPipeline"):
+            from ..errors import ModelError
+
+            raise ModelError(f"--model {model}: an inpainting model ({index_class}) needs a mask: pass --mask or --outpaint")
+        return super().pipeline_class(index_class, model)

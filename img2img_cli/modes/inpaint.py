@@ -125,7 +125,8 @@ class Inpaint(Mode):
         if o.outpaint:
             canvas, mask = outpaint_canvas(source, parse_margins(o.outpaint), o.mask_blur)
         else:
-            mask = load_mask(find_mask(o.mask, item.input.path, item.input.rel), max_pixels=config.max_pixels)
+            path = item.mask or find_mask(o.mask, item.input.path, item.input.rel)  # a jobs file's mask first
+            mask = load_mask(path, max_pixels=config.max_pixels)
             canvas = source
             if mask.size != source.size:
                 mask = mask.resize(source.size, resample=3)  # bicubic
