@@ -28,7 +28,7 @@ class Request:
         seed: in ``[0, 2**32 - 1]``; seeds a ``torch.Generator`` on the CPU, so the same seed
             gives the same noise on any device.
         strength: in ``(0, 1]``; steps: ``>= 1``; guidance_scale: ``>= 0``.
-        extras: the mode's extra per-image inputs (:meth:`img2img_cli.modes.Mode.read_extras`:
+        extras: the mode's extra per-image inputs (:meth:`img2img_cli.modes.Mode.prepare`:
             a mask, a control image), turned into pipeline arguments by
             :meth:`~img2img_cli.modes.Mode.call_kwargs`; empty for plain img2img.
     """

@@ -171,7 +171,7 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path, sig, cod
     for i in range(8):
         shutil.copy(EXAMPLES / ("chelsea.png" if i % 2 else "rocket.jpg"), src / f"p{i:02d}{'.png' if i % 2 else '.jpg'}")
     out = tmp_path / "out"
-    args = [src, "--model", "tiny", "--steps", "24", "--strength", "1", "--seed", "9", "--batch-size", "2", "-o", out]
+    args = [src, "--model", "tiny", "--steps", "60", "--strength", "1", "--seed", "9", "--batch-size", "2", "-o", out]  # slow enough that the signal lands mid-run on a loaded machine
     p = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     first = p.stdout.readline()  # wait for the first written file
     assert first.strip(), p.stderr.read()

@@ -128,9 +128,10 @@ def test_out_of_memory_on_one_image_tries_tiling_then_fails_only_it(tmp_path, ph
         return real(pipe, requests, **kw)
 
     # mark the rocket's prepared image through the reader: load -> resize -> tensor
+    import img2img_cli.io as io
     import img2img_cli.runner as batch
 
-    real_load, real_resize, real_tensor = batch.load_image, batch.resize_image, pipeline.to_tensor
+    real_load, real_resize, real_tensor = batch.load_image, io.resize_image, pipeline.to_tensor
 
     def load(path, **kw):
         im = real_load(path, **kw)
@@ -148,7 +149,7 @@ def test_out_of_memory_on_one_image_tries_tiling_then_fails_only_it(tmp_path, ph
         return t
 
     monkeypatch.setattr(batch, "load_image", load)
-    monkeypatch.setattr(batch, "resize_image", resize)
+    monkeypatch.setattr(io, "resize_image", resize)  # the mode's prepare resizes
     monkeypatch.setattr(pipeline, "to_tensor", to_tensor)
     monkeypatch.setattr(pipeline, "generate", no_room_for_rocket)
     out = tmp_path / "out"

@@ -7,9 +7,10 @@ A :class:`Mode` says, for one kind of job:
   like diffusers' ``AUTO_IMAGE2IMAGE_PIPELINES_MAPPING`` in ``pipelines/auto_pipeline.py``);
 - which options are its own (:attr:`Mode.options`, a dataclass of :func:`~img2img_cli.config.option`
   fields, added to ``img2img run``'s flags) and which of them selects it (:attr:`Mode.trigger`);
-- which extra per-image inputs it reads (:meth:`Mode.read_extras`: a mask, a control image),
-  what goes in its batch key (:meth:`Mode.batch_key`), which pipeline arguments they become
-  (:meth:`Mode.call_kwargs`) and which infotext fields it writes (:meth:`Mode.infotext`).
+- what it feeds the pipeline and which extra per-image inputs it reads (:meth:`Mode.prepare`:
+  a mask, a control image), what goes in its batch key (:meth:`Mode.batch_key`), which
+  pipeline arguments they become (:meth:`Mode.call_kwargs`), what it does to the result
+  (:meth:`Mode.finish`: an overlay) and which infotext fields it writes (:meth:`Mode.infotext`).
 
 The runner, batching, output naming, report, metadata and multi-process code call these hooks
 and nothing else, so a new mode is one module here plus one line in :data:`MODES` (after
