@@ -28,17 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TINY_DIR = ROOT / "img2img_cli" / "models" / "tiny"
 
-# The built-in tiny model's text encoder (scripts/build_tiny_model.py).
-TINY_VOCAB_SIZE = 1000
-TINY_BOS_ID = TINY_VOCAB_SIZE - 2
-TINY_EOS_ID = TINY_VOCAB_SIZE - 1
-
 
 def build_tiny_inpaint_components() -> dict:
-    """The components of the tiny inpainting pipeline (fp32, CPU), deterministic."""
+    """The components of the tiny inpainting pipeline (fp32, CPU), deterministic: the built-in
+    tiny model's VAE, text encoder, tokenizer and scheduler, loaded from ``TINY_DIR``, and a
+    9-channel UNet of the tiny UNet's sizes (diffusers' inpaint fast test), seeded with 0."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -51,38 +48,12 @@ def build_tiny_inpaint_components() -> dict:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
     )
-    scheduler = PNDMScheduler.from_pretrained(str(TINY_DIR), subfolder="scheduler")
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-    )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=TINY_BOS_ID,
-            eos_token_id=TINY_EOS_ID,
-            pad_token_id=TINY_EOS_ID,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=TINY_VOCAB_SIZE,
-            max_position_embeddings=77,
-        )
-    )
-    tokenizer = CLIPTokenizer.from_pretrained(str(TINY_DIR), subfolder="tokenizer")
     return {
         "unet": unet,
-        "scheduler": scheduler,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
+        "scheduler": PNDMScheduler.from_pretrained(str(TINY_DIR), subfolder="scheduler"),
+        "vae": AutoencoderKL.from_pretrained(str(TINY_DIR), subfolder="vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(str(TINY_DIR), subfolder="text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(str(TINY_DIR), subfolder="tokenizer"),
         "safety_checker": None,
         "feature_extractor": None,
         "image_encoder": None,
