@@ -45,7 +45,8 @@ def split(work: list, device: str):
 
 
 def gather(summary, state) -> None:
-    """Replace ``summary``'s counts by the sums over all processes (every process calls it)."""
+    """Replace ``summary``'s counts by the sums over all processes (every process calls it),
+    then end the process group."""
     if state is None:
         summary.is_main = True
         return
@@ -61,3 +62,6 @@ def gather(summary, state) -> None:
     summary.interrupted = max(c[3] for c in counts)
     summary.remaining = sum(c[4] for c in counts)
     summary.fatal = next((c[5] for c in counts if c[5]), None)
+    # torch.distributed's process group, ended before the interpreter exits: left running, its
+    # gloo threads can abort the exiting process ("terminate called without an active exception")
+    state.destroy_process_group()
