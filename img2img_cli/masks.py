@@ -6,7 +6,6 @@ A mask is an 8-bit greyscale ``PIL.Image`` (mode ``"L"``): 255 = repaint, 0 = ke
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -37,25 +36,31 @@ def load_mask(path: Path, *, max_pixels: int):
         raise InputError(f"{display(path)}: cannot read mask ({' '.join(str(e).split())})") from None
 
 
-@functools.lru_cache(maxsize=64)
-def _masks_in(folder: str) -> dict[str, str]:
-    """Image files of a mask folder by stem (first in sorted order wins)."""
+def _masks_in(folder: str, cache: dict) -> dict[str, str]:
+    """Image files of a mask folder by stem (first in sorted order wins), listed once per run
+    (``cache``: folder -> listing, owned by the caller)."""
+    if folder in cache:
+        return cache[folder]
     found: dict[str, str] = {}
     try:
         names = sorted(os.listdir(folder))
     except OSError:
+        cache[folder] = found
         return found
     for name in names:
         stem, ext = os.path.splitext(name)
         if not name.startswith(".") and ext.lower() in IMAGE_EXTENSIONS:
             found.setdefault(stem, os.path.join(folder, name))
+    cache[folder] = found
     return found
 
 
-def find_mask(mask: Path, input_path: Path, rel: Path) -> Path:
+def find_mask(mask: Path, input_path: Path, rel: Path, cache: dict) -> Path:
     """The mask of one input: ``mask`` itself when it is a file; in a folder, the image with
     the input's stem (any image extension, as A1111's batch tab pairs them), looked for first
-    in the subfolder matching the input's relative path, or the folder's only image.
+    in the subfolder matching the input's relative path, or the folder's only image. ``cache``
+    keeps each folder's listing for the run (a dict the caller owns), so a folder of thousands
+    of masks is listed once.
 
     Raises:
         InputError: no mask for this input, naming it and the folder.
@@ -63,10 +68,10 @@ def find_mask(mask: Path, input_path: Path, rel: Path) -> Path:
     if not mask.is_dir():
         return mask
     for folder in ([mask / rel.parent] if rel.parent != Path(".") else []) + [mask]:
-        found = _masks_in(str(folder)).get(input_path.stem)
+        found = _masks_in(str(folder), cache).get(input_path.stem)
         if found:
             return Path(found)
-    every = _masks_in(str(mask))
+    every = _masks_in(str(mask), cache)
     if len(every) == 1:
         return Path(next(iter(every.values())))
     raise InputError(f"{display(input_path)}: no mask for it in {display(mask)} (expected an image named {input_path.stem}.*)")

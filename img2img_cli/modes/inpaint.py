@@ -81,6 +81,9 @@ class Inpaint(Mode):
     source_type = "compositeWithTrainedAlgorithmicMedia"
     c2pa_action = "c2pa.edited"
 
+    def __init__(self):
+        self._mask_folders: dict = {}  # mask folder -> its images by stem, listed once per run
+
     def validate(self, config) -> None:
         from ..masks import parse_margins
 
@@ -125,7 +128,7 @@ class Inpaint(Mode):
         if o.outpaint:
             canvas, mask = outpaint_canvas(source, parse_margins(o.outpaint), o.mask_blur)
         else:
-            path = item.mask or find_mask(o.mask, item.input.path, item.input.rel)  # a jobs file's mask first
+            path = item.mask or find_mask(o.mask, item.input.path, item.input.rel, self._mask_folders)  # a jobs file's mask first
             mask = load_mask(path, max_pixels=config.max_pixels)
             canvas = source
             if mask.size != source.size:
