@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from img2img_cli.cli import app
-from img2img_cli.io import image_processor, resize_image
+from img2img_cli.io import resize_image
 from img2img_cli.metadata import parse_infotext, read_infotext
 from img2img_cli.models import TINY_DIR
 
@@ -238,14 +238,6 @@ def test_color_correction_moves_colour_towards_the_source(tmp_path):
 
     assert distance("cc") < 0.5 * distance("plain")
     assert "Color correction: True" in read_infotext(corrected)
-
-
-def test_the_pipeline_input_is_the_resized_source(scene):
-    """The overlay's canvas is the source at the output size, resized as --resize says."""
-    src, _ = scene
-    im = Image.open(src).convert("RGB")
-    assert resize_image(im, 64, 64, "crop").size == (64, 64)
-    assert image_processor() is image_processor()
 
 
 def test_sdxl_inpaint_equals_diffusers_with_overlay(tmp_path, scene):

@@ -161,9 +161,6 @@ class Inpaint(Mode):
         extras["overlay"] = Image.eval(resized, lambda v: min(255, 2 * v))
         return Prepared(resize_image(start, *size, item.job.resize_mode), extras, canvas=resize_image(canvas, *size, item.job.resize_mode))
 
-    def batch_key(self, item) -> tuple:
-        return ()
-
     def call_kwargs(self, pipe, requests: list) -> dict:
         """The masks, and the size (the inpainting pipelines default to the model's native size
         instead of the image's); for ``latent-noise`` / ``latent-nothing`` the starting latents
