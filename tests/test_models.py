@@ -277,8 +277,12 @@ def test_known_noise_is_dropped_and_other_library_warnings_kept():
     import logging
     import warnings
 
-    from img2img_cli.models.load import _library_warnings
+    from img2img_cli.models.load import _LIBRARY_LOGGERS, _library_warnings
 
+    def state():
+        return [(lg.level, list(lg.handlers), lg.propagate) for lg in map(logging.getLogger, _LIBRARY_LOGGERS)]
+
+    before = state()
     with _library_warnings() as records:
         logging.getLogger("transformers.utils.import_utils").warning(
             "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil` ...")
@@ -292,7 +296,7 @@ def test_known_noise_is_dropped_and_other_library_warnings_kept():
         (logging.WARNING, "Some weights of X were not used: ['a', 'b']"),
         (logging.WARNING, "UserWarning: something the user should know"),
     ]
-    assert logging.getLogger("diffusers").handlers != [] and logging.getLogger("transformers").propagate is False
+    assert state() == before  # the libraries' loggers are left as they were found
 
 
 # -- the bf16 hint -------------------------------------------------------------------------------
