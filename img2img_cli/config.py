@@ -17,6 +17,7 @@ value. No I/O happens here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import secrets
 import typing
@@ -276,6 +277,89 @@ class Speed:
     vae_tiling: bool = option(False, "--vae-tiling", help="Decode/encode the VAE in tiles (large images in little GPU memory).")
 
 
+#: ``--clip-skip`` range: A1111's slider goes to 12 (the layers of SD 1.x's CLIP ViT-L/14 text
+#: encoder); a model with fewer layers is checked when it loads.
+MAX_CLIP_SKIP = 12
+PROMPT_SYNTAXES = ("a1111", "plain")
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """How prompts are read and what they call on (:mod:`img2img_cli.text`).
+
+    Attributes:
+        prompt_syntax: ``"a1111"``: AUTOMATIC1111's prompt syntax (attention ``(word:1.3)``,
+            ``BREAK``, prompt editing ``[from:to:when]``, alternation ``[a|b]``, ``<lora:...>``
+            tags) and its long-prompt chunking; ``"plain"``: the text goes to diffusers as it is
+            (77 tokens at most, the rest truncated by diffusers).
+        clip_skip: A1111's "Clip skip" in ``[1, 12]``: 1 is the text encoder's last layer, N
+            the layer N-1 before it (diffusers' ``clip_skip`` is N-1).
+        lora: ``FILE[:WEIGHT]`` specs, weight 1 by default (any float, negative included).
+        lora_dir: where ``<lora:NAME:...>`` finds ``NAME.safetensors`` (searched recursively).
+        embedding: textual-inversion files (A1111 ``.pt`` / ``.safetensors``), each named by
+            its file stem in prompts.
+        embeddings_dir: a folder of such files; a name in a prompt that matches one is used.
+    """
+
+    prompt_syntax: Literal["a1111", "plain"] = option(
+        "a1111", "--prompt-syntax",
+        help="a1111: (word:1.3), [word], BREAK, [from:to:when], [a|b], <lora:name:w>, prompts over 75 tokens in chunks; plain: text as is.",
+    )
+    clip_skip: int = option(1, "--clip-skip", help="A1111 Clip skip, 1-12: 1 = the text encoder's last layer, 2 = the one before.")
+    lora: list[str] = option(
+        [], "--lora", show_default=False, help="LoRA file, FILE or FILE:WEIGHT (default weight 1); repeatable.",
+    )
+    lora_dir: Optional[Path] = option(
+        None, "--lora-dir", envvar="IMG2IMG_LORA_DIR", show_default=False,
+        help="Folder where <lora:NAME:WEIGHT> in a prompt finds NAME.safetensors (searched recursively).",
+    )
+    embedding: list[Path] = option(
+        [], "--embedding", show_default=False, help="Textual-inversion file (A1111 .pt/.safetensors), used as its file stem in prompts; repeatable.",
+    )
+    embeddings_dir: Optional[Path] = option(
+        None, "--embeddings-dir", envvar="IMG2IMG_EMBEDDINGS_DIR", show_default=False,
+        help="Folder of textual-inversion files; a prompt word equal to a file stem uses it.",
+    )
+
+    def lora_specs(self) -> list[tuple[Path, float]]:
+        """``--lora`` values as ``(file, weight)``: ``FILE:WEIGHT`` splits at the last colon
+        when what follows is a number (so ``C:\\x.safetensors`` stays a path).
+
+        Raises:
+            UsageError: a weight that is not finite, or a file that does not exist.
+        """
+        out = []
+        for spec in self.lora:
+            path, weight = spec, 1.0
+            head, sep, tail = spec.rpartition(":")
+            if sep and head:
+                try:
+                    weight = float(tail)
+                    path = head
+                except ValueError:
+                    pass
+            if not math.isfinite(weight):
+                raise UsageError(f"--lora {spec}: the weight must be a finite number")
+            if not Path(path).is_file():
+                raise UsageError(f"--lora {spec}: no such file {path}")
+            out.append((Path(path), weight))
+        return out
+
+    def validate(self) -> "PromptOptions":
+        """Raises :class:`UsageError` naming the flag, for the first bad value."""
+        _one_of("--prompt-syntax", self.prompt_syntax, PROMPT_SYNTAXES)
+        if not (1 <= self.clip_skip <= MAX_CLIP_SKIP):
+            raise UsageError(f"--clip-skip must be in [1, {MAX_CLIP_SKIP}], got {self.clip_skip}")
+        self.lora_specs()
+        for flag, folder in (("--lora-dir", self.lora_dir), ("--embeddings-dir", self.embeddings_dir)):
+            if folder is not None and not folder.is_dir():
+                raise UsageError(f"{flag} {folder}: no such folder")
+        for path in self.embedding:
+            if not path.is_file():
+                raise UsageError(f"--embedding {path}: no such file")
+        return self
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One ``img2img run``: its inputs, its :class:`Job`, how outputs are written and reported,
@@ -360,6 +444,7 @@ class RunConfig:
         help="PEM private key of --c2pa-cert.",
     )
     speed: Speed = nested(Speed)
+    text: PromptOptions = nested(PromptOptions)
     mode: str = "img2img"
     mode_options: object = None
 
@@ -441,6 +526,7 @@ class RunConfig:
         if self.styles_file is not None and not self.style:
             raise UsageError("--styles-file needs --style NAME")
         job.validate()
+        self.text.validate()
         if job.scheduler:
             from .schedulers import canonical_name
 

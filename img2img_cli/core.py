@@ -58,6 +58,27 @@ def plan(config: RunConfig, mode) -> list[WorkItem]:
     )
 
 
+def plan_networks(config: RunConfig, work: list[WorkItem]):
+    """Each item's prompts as the encoder sees them and its LoRA set; the run's LoRA files and
+    embeddings (:func:`img2img_cli.text.networks.plan_text`). No model loads.
+
+    Raises:
+        UsageError: a LoRA or embedding not found or not loadable, or ``--compile`` with inputs
+            that use different LoRA sets (compiled LoRAs are fused and cannot switch).
+    """
+    from .text.networks import plan_text
+
+    networks = plan_text(work, config.text)
+    if config.speed.compile and len(networks.sets) > 1:
+        raise UsageError(
+            "--compile fuses the LoRAs into the weights before compiling, so one run takes one LoRA set; "
+            f"these inputs use {len(networks.sets)} (run each set separately, or drop --compile)"
+        )
+    if config.speed.fuse_qkv and networks.loras:
+        raise UsageError("--fuse-qkv and LoRAs: fused projections would drop the LoRA's Q, K, V updates; pass one")
+    return networks
+
+
 def run(
     config: RunConfig,
     *,
@@ -87,6 +108,7 @@ def run(
 
     mode = modes.get(config.mode)
     work = plan(config, mode)
+    networks = plan_networks(config, work)
     spec = resolve_model(config.job.model, config.model_config)
     device = resolve_device(config.job.device)
     signing = None
@@ -103,7 +125,7 @@ def run(
         todo = _skip_existing(work, config, summary, report)
         if todo:
             runner = Runner(todo, config, mode, report, summary, emit, protected, progress, signing)
-            runner.go(_loader(config, spec, mode, progress), device, start)
+            runner.go(_loader(config, spec, mode, progress, networks), device, start)
         summary.outcomes = [w.outcome for w in work]
     finally:
         report.close()
@@ -129,18 +151,22 @@ def _skip_existing(work: list[WorkItem], config: RunConfig, summary: Summary, re
     return todo
 
 
-def _loader(config: RunConfig, spec, mode, progress: bool):
-    """``load_pipe(device)`` for the runner: loads the mode's pipeline once, when there is work."""
+def _loader(config: RunConfig, spec, mode, progress: bool, networks):
+    """``load_pipe(device)`` for the runner: loads the mode's pipeline once, when there is work,
+    with the run's embeddings and LoRAs (:func:`img2img_cli.text.adapt`)."""
 
     def load_pipe(device: str):
         from .models import load_pipeline, native_resolution, resolve_dtype
         from .runner import Loaded
         from .schedulers import display_name
+        from .text import adapt
 
+        text = {}
         pipe = load_pipeline(
             spec, mode=mode, device=device, dtype=resolve_dtype(config.job.dtype, device), dtype_option=config.job.dtype,
             scheduler=config.job.scheduler, progress=progress, speed=config.speed,
+            adapt=lambda p: text.setdefault("conditioner", adapt(p, config.text, networks, fuse=config.speed.compile)),
         )
-        return Loaded(pipe, display_name(pipe.scheduler), spec.name, native_resolution(pipe))
+        return Loaded(pipe, display_name(pipe.scheduler), spec.name, native_resolution(pipe), text.get("conditioner"))
 
     return load_pipe

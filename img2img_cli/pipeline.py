@@ -31,6 +31,8 @@ class Request:
         extras: the mode's extra per-image inputs (:meth:`img2img_cli.modes.Mode.prepare`:
             a mask, a control image), turned into pipeline arguments by
             :meth:`~img2img_cli.modes.Mode.call_kwargs`; empty for plain img2img.
+        loras: the LoRA set active for this image, ``((file, te_weight, unet_weight), ...)``
+            (:class:`~img2img_cli.text.networks.TextPlan`); ``()`` for none.
     """
 
     image: object
@@ -41,6 +43,7 @@ class Request:
     steps: int
     guidance_scale: float
     extras: dict = field(default_factory=dict)
+    loras: tuple = ()
 
     @property
     def size(self) -> tuple[int, int]:
@@ -52,7 +55,7 @@ class Request:
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one pipeline call (an empty negative prompt is
         passed as ``None``, see :func:`generate`, so it cannot share a call with a non-empty one)."""
-        return (self.size, self.strength, self.steps, self.guidance_scale, not self.negative_prompt)
+        return (self.size, self.strength, self.steps, self.guidance_scale, not self.negative_prompt, self.loras)
 
 
 def to_tensor(image, *, pin: bool = False):
@@ -89,12 +92,17 @@ def _to_device_images(images: list, device):
     return torch.stack([i.permute(1, 2, 0).to(device, non_blocking=True) for i in images]).permute(0, 3, 1, 2)
 
 
-def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list:
-    """Run one diffusers pipeline call for ``requests`` and return one ``PIL.Image`` per request.
+def generate(pipe, requests: list[Request], *, callback=None, mode=None, text=None) -> list:
+    """Run the diffusers pipeline for ``requests`` and return one ``PIL.Image`` per request.
 
-    Prompts, negative prompts, images and per-image CPU generators are passed as lists, so
+    Prompts (or their embeddings), images and per-image CPU generators are passed as lists, so
     each image's noise depends only on its own seed (diffusers draws per-generator noise
     in ``prepare_latents`` and ``retrieve_latents``).
+
+    With ``text`` (a :class:`~img2img_cli.text.conditioning.Conditioner`), the batch's LoRA set
+    is activated and the prompts are encoded the A1111 way; requests whose prompts take a
+    different number of 75-token chunks go in separate pipeline calls (one call's embeddings
+    share a length, and padding one image's prompt for its neighbours would change it).
 
     Non-finite guard: if a decoded image holds NaN or inf (the fp16 VAE overflow that gives
     black images with SD 1.x and SDXL; see diffusers' ``force_upcast`` and the
@@ -107,6 +115,8 @@ def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list
         callback: optional ``callback(step, total)`` after each denoising step.
         mode: the :class:`~img2img_cli.modes.Mode` whose :meth:`~img2img_cli.modes.Mode.call_kwargs`
             adds its arguments (``None``: plain img2img, none added).
+        text: the pipeline's :class:`~img2img_cli.text.conditioning.Conditioner`, or ``None``:
+            the prompts go to diffusers as text.
 
     Returns:
         ``len(requests)`` RGB images, each of its request's image size. They are converted to
@@ -117,32 +127,52 @@ def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list
         ValueError: the requests do not share a batch key.
         FloatingPointError: the denoised latents hold NaN or inf, or the fp32 decode does.
     """
-    import torch
-
     if not requests:
         return []
     key = requests[0].batch_key()
     if any(r.batch_key() != key for r in requests):
         raise ValueError(
-            "requests in one batch must share size, strength, steps, guidance scale and whether the negative prompt is empty"
+            "requests in one batch must share size, strength, steps, guidance scale, LoRA set and whether the negative prompt is empty"
         )
+    if text is None:
+        return _call(pipe, requests, None, callback, mode)
+    text.activate(requests[0].loras)
+    out: list = [None] * len(requests)
+    for idx, call in text.plan(requests):
+        for i, image in zip(idx, _call(pipe, [requests[i] for i in idx], call, callback, mode)):
+            out[i] = image
+    return out
+
+
+def _call(pipe, requests: list[Request], text_call, callback, mode) -> list:
+    """One pipeline call (see :func:`generate`); ``text_call`` a
+    :class:`~img2img_cli.text.conditioning.Call` or ``None`` (text passed as it is)."""
+    import torch
+
     first = requests[0]
     generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
     final = {}
 
     def on_step_end(_pipe, step, _timestep, tensors):
         final["latents"] = tensors["latents"]
+        if text_call is not None:
+            tensors.update(text_call.on_step(step + 1, _pipe.do_classifier_free_guidance))
         if callback is not None:
             callback(step + 1, getattr(_pipe, "_num_timesteps", None))
         return tensors
 
     with torch.inference_mode():
+        text_kwargs = text_call.kwargs() if text_call is not None else None
+        if text_kwargs is None:
+            text_kwargs = dict(
+                prompt=[r.prompt for r in requests],
+                # None, not "", for no negative prompt: what the pipeline called without one gets.
+                # SD 1.x / 2.x encode "" either way; SDXL base (force_zeros_for_empty_prompt) then
+                # uses zero negative embeddings, as diffusers and A1111 (sd_models_xl.py) do.
+                negative_prompt=[r.negative_prompt for r in requests] if first.negative_prompt else None,
+            )
         kwargs = dict(
-            prompt=[r.prompt for r in requests],
-            # None, not "", for no negative prompt: what the pipeline called without one gets.
-            # SD 1.x / 2.x encode "" either way; SDXL base (force_zeros_for_empty_prompt) then
-            # uses zero negative embeddings, as diffusers and A1111 (sd_models_xl.py) do.
-            negative_prompt=[r.negative_prompt for r in requests] if first.negative_prompt else None,
+            **text_kwargs,
             image=_to_device_images([r.image for r in requests], pipe._execution_device),
             strength=first.strength,
             num_inference_steps=first.steps,
@@ -150,6 +180,7 @@ def generate(pipe, requests: list[Request], *, callback=None, mode=None) -> list
             generator=generators,
             output_type="pt",
             callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents", *(text_call.tensor_inputs() if text_call is not None else [])],
         )
         if mode is not None:
             kwargs.update(mode.call_kwargs(pipe, requests))

@@ -58,6 +58,7 @@ class Loaded:
     sampler: str
     model_name: str
     native: int
+    text: object = None  # the pipeline's text Conditioner (img2img_cli.text.conditioning)
 
 
 def auto_batch_size(device: str, native: int) -> int:
@@ -105,6 +106,7 @@ class Runner:
         self.lock = threading.Lock()
         self.sampler = None
         self.model_name = None
+        self.text = None
         self.bar = None
         self.fatal: str | None = None
         self.batch_size = 1
@@ -210,7 +212,7 @@ class Runner:
             image = self._finish(image, prepared)
             params = infotext_params(
                 w.job, seed=unit.seed, size=w.size, sampler=self.sampler, model_name=self.model_name,
-                extra={**self.mode.infotext(w, self.config), **self._colour_fields},
+                extra={**self.mode.infotext(w, self.config), **self._colour_fields, **(w.text.fields if w.text is not None else {})},
             )
             text = format_infotext(w.prompt, w.negative_prompt, params)
             protect = os.path.realpath(unit.dest) in self.protected
@@ -265,7 +267,10 @@ class Runner:
         for u in batch:
             w = u.item
             image, ready = prepared[w.index]
-            out.append(Request(image, w.prompt, w.negative_prompt, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, ready.extras))
+            prompt, negative = (w.text.prompt, w.text.negative) if w.text is not None else (w.prompt, w.negative_prompt)
+            out.append(Request(
+                image, prompt, negative, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, ready.extras, w.loras,
+            ))
         return out
 
     def _generate(self, pipe, batch: list[Unit], prepared: dict[int, object]):
@@ -279,7 +284,7 @@ class Runner:
         from .pipeline import generate
 
         try:
-            return list(zip(batch, generate(pipe, self._requests(batch, prepared), mode=self.mode)))
+            return list(zip(batch, generate(pipe, self._requests(batch, prepared), mode=self.mode, text=self.text)))
         except (KeyboardInterrupt, Interrupted):
             raise
         except Exception as e:
@@ -379,7 +384,7 @@ class Runner:
         """Load the model (``load_pipe(device)`` returns a :class:`Loaded`), plan the batches
         and run them; SIGTERM (main thread) and SIGINT stop it cleanly."""
         loaded = load_pipe(device)
-        self.sampler, self.model_name = loaded.sampler, loaded.model_name
+        self.sampler, self.model_name, self.text = loaded.sampler, loaded.model_name, loaded.text
         _sync(device)
         self.summary.load_seconds = time.perf_counter() - start
         self.batch_size = self.config.batch or auto_batch_size(device, loaded.native)

@@ -67,6 +67,8 @@ class WorkItem:
         outcome: what happened to it, set by the runner; pending: its images not yet done.
         mode_key: the mode's part of the batch key (:meth:`~img2img_cli.modes.Mode.batch_key`).
         mask: the jobs file's mask for this input (inpainting), or ``None``.
+        text: its prompts as the encoder sees them and its LoRA set
+            (:class:`~img2img_cli.text.networks.TextPlan`), set by the core's plan.
     """
 
     index: int
@@ -81,6 +83,12 @@ class WorkItem:
     pending: int = 0
     mode_key: tuple = ()
     mask: Path | None = None
+    text: object = None
+
+    @property
+    def loras(self) -> tuple:
+        """The LoRA set of this input (``()`` for none)."""
+        return self.text.loras if self.text is not None else ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class Unit:
     def key(self) -> tuple:
         """Units with equal keys can share one pipeline call."""
         j = self.item.job
-        return (self.item.size, j.strength, j.steps, j.guidance_scale, not self.item.negative_prompt, self.item.mode_key)
+        return (self.item.size, j.strength, j.steps, j.guidance_scale, not self.item.negative_prompt, self.item.mode_key, self.item.loras)
 
 
 def plan_work(

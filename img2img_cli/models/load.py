@@ -27,6 +27,7 @@ def load_pipeline(
     progress: bool = False,
     speed: Speed | None = None,
     dtype_option: str | None = None,
+    adapt=None,
 ):
     """Load ``mode``'s pipeline for ``spec`` onto ``device`` in ``dtype``.
 
@@ -76,6 +77,8 @@ def load_pipeline(
     tlogging.set_verbosity(tlogging.CRITICAL)
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
+    if adapt is not None:  # LoRAs and embeddings go in before compiling (diffusers' advice)
+        adapt(pipe)
     pipe = apply_speed(pipe, speed or Speed(), device)
     if dtype_option is not None:
         hint = speed_hint(device, dtype_option, pipe)
