@@ -307,14 +307,14 @@ class PromptOptions:
     )
     clip_skip: int = option(1, "--clip-skip", help="A1111 Clip skip, 1-12: 1 = the text encoder's last layer, 2 = the one before.")
     lora: list[str] = option(
-        [], "--lora", show_default=False, help="LoRA file, FILE or FILE:WEIGHT (default weight 1); repeatable.",
+        [], "--lora", show_default=False, metavar="FILE[:WEIGHT]", help="LoRA file, FILE or FILE:WEIGHT (default weight 1); repeatable.",
     )
     lora_dir: Optional[Path] = option(
         None, "--lora-dir", envvar="IMG2IMG_LORA_DIR", show_default=False,
         help="Folder where <lora:NAME:WEIGHT> in a prompt finds NAME.safetensors (searched recursively).",
     )
     embedding: list[Path] = option(
-        [], "--embedding", show_default=False, help="Textual-inversion file (A1111 .pt/.safetensors), used as its file stem in prompts; repeatable.",
+        [], "--embedding", show_default=False, metavar="FILE", help="Textual-inversion file (A1111 .pt/.safetensors), used as its file stem in prompts; repeatable.",
     )
     embeddings_dir: Optional[Path] = option(
         None, "--embeddings-dir", envvar="IMG2IMG_EMBEDDINGS_DIR", show_default=False,

@@ -334,3 +334,26 @@ def test_decode_fp32_upcasts_a_half_precision_vae_and_restores_it(pipe_with_late
     expected = _reference_decode(pipe, latents.float(), vae=fp32_copy)
     assert ours.dtype == torch.float32
     assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_sdxl_plain_prompt_a1111_syntax_equals_plain_exactly(tmp_path, sdxl_dir, sources, folder_out):
+    """Both text encoders through our encoder give diffusers' own embeddings (and pooled)."""
+    out = tmp_path / "plain.png"
+    r = invoke("run", sources[0], "--model", sdxl_dir, "-p", PROMPT, "-n", NEGATIVE, *RUN_ARGS, "--prompt-syntax", "plain", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert np.array_equal(pixels(out), pixels(folder_out))
+
+
+def test_sdxl_prompt_editing_switches_both_encoders_and_the_pooled_embedding(tmp_path, sdxl_dir, sources):
+    def run(prompt, name):
+        out = tmp_path / name
+        r = invoke("run", sources[0], "--model", sdxl_dir, "-p", prompt, "-n", NEGATIVE, *RUN_ARGS, "-o", out)
+        assert r.exit_code == 0, r.stderr
+        return pixels(out)
+
+    cat, dog = run("a photo of a cat", "cat.png"), run("a photo of a dog", "dog.png")
+    assert not np.array_equal(cat, dog)
+    assert np.array_equal(run("a photo of a [cat:dog:0]", "e0.png"), dog)
+    assert np.array_equal(run("a photo of a [cat:dog:99]", "e99.png"), cat)
+    mid = run("a photo of a [cat:dog:3]", "e3.png")
+    assert not np.array_equal(mid, cat) and not np.array_equal(mid, dog)
