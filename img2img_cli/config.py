@@ -360,6 +360,61 @@ class PromptOptions:
         return self
 
 
+#: ``--max-cells`` default: a 10x10 plot at most unless asked (A1111's X/Y/Z plot has no limit;
+#: a typo like ``steps=1-1000`` would queue a thousand images).
+DEFAULT_MAX_CELLS = 100
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    """The X/Y/Z plot and the contact sheet (:mod:`img2img_cli.plot`).
+
+    Attributes:
+        x, y, z: ``AXIS=V1,V2,...`` (:func:`img2img_cli.plot.axes.parse_axis`), or ``None``.
+        save_cells: write each cell as its own image too, ``<stem>-x<i>-y<j>[-z<k>]``.
+        max_cells: refuse a plot with more cells per input, ``>= 1``.
+        grid: write one contact sheet of the run's images (A1111's batch grid).
+    """
+
+    x: Optional[str] = option(
+        None, "--x", show_default=False, metavar="AXIS=V1,V2,...",
+        help="X/Y/Z plot: strength, guidance, steps, seed, scheduler, prompt-sr, negative-prompt-sr, size; ranges like 0.2-0.8 (+0.2).",
+    )
+    y: Optional[str] = option(None, "--y", show_default=False, metavar="AXIS=V1,V2,...", help="The plot's Y axis (needs --x).")
+    z: Optional[str] = option(None, "--z", show_default=False, metavar="AXIS=V1,V2,...", help="The plot's Z axis: one grid per value (needs --y).")
+    save_cells: bool = option(False, "--save-cells", help="With --x: also write each cell as its own image with its infotext.")
+    max_cells: int = option(DEFAULT_MAX_CELLS, "--max-cells", help="Refuse a plot with more cells than this per input.")
+    grid: bool = option(False, "--grid", help="Also write a contact sheet of the run's images, captioned with file name and seed.")
+
+    def axes(self) -> list:
+        """The parsed axes, X first (:class:`img2img_cli.plot.axes.Axis`); ``[]`` without ``--x``.
+
+        Raises:
+            UsageError: a bad axis or value (naming the flag), ``--y`` without ``--x`` or ``--z``
+                without ``--y``, two axes of the same parameter, or more than ``max_cells`` cells.
+        """
+        if self.max_cells < 1:
+            raise UsageError(f"--max-cells must be at least 1, got {self.max_cells}")
+        if self.y and not self.x:
+            raise UsageError("--y needs --x")
+        if self.z and not self.y:
+            raise UsageError("--z needs --y")
+        if not self.x:
+            if self.save_cells:
+                raise UsageError("--save-cells needs --x")
+            return []
+        from .plot.axes import count, parse_axis
+
+        axes = [parse_axis(text, flag) for flag, text in (("--x", self.x), ("--y", self.y), ("--z", self.z)) if text]
+        names = [a.name for a in axes]
+        if len(set(names)) < len(names):
+            raise UsageError(f"--x/--y/--z: each axis must be another parameter, got {', '.join(names)}")
+        n = count(axes)
+        if n > self.max_cells:
+            raise UsageError(f"--x/--y/--z: {n} cells per input, more than --max-cells {self.max_cells}")
+        return axes
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One ``img2img run``: its inputs, its :class:`Job`, how outputs are written and reported,
@@ -376,6 +431,8 @@ class RunConfig:
         max_pixels: inputs with more pixels (width x height) are refused, ``>= 1``.
         mode: the name of the selected mode (:mod:`img2img_cli.modes`), set by
             :meth:`from_values`; mode_options: its options dataclass instance.
+        axes: the X/Y/Z plot's parsed axes (:class:`img2img_cli.plot.axes.Axis`), set by
+            :meth:`validate`; ``()`` without ``--x``.
     """
 
     inputs: list[Path] = option(
@@ -445,8 +502,10 @@ class RunConfig:
     )
     speed: Speed = nested(Speed)
     text: PromptOptions = nested(PromptOptions)
+    plot: PlotOptions = nested(PlotOptions)
     mode: str = "img2img"
     mode_options: object = None
+    axes: tuple = ()
 
     @property
     def batch(self) -> int | None:
@@ -487,7 +546,7 @@ class RunConfig:
         from . import modes
 
         mode = modes.select(values)
-        built = _build(cls, values, skip={"mode", "mode_options"})
+        built = _build(cls, values, skip={"mode", "mode_options", "axes"})
         mode_options = _build(mode.options, values) if mode.options is not None else None
         config = dataclasses.replace(built, mode=mode.name, mode_options=mode_options)
         return config.validate()
@@ -527,6 +586,9 @@ class RunConfig:
             raise UsageError("--styles-file needs --style NAME")
         job.validate()
         self.text.validate()
+        axes = tuple(self.plot.axes())  # parsed once: a seed axis's -1 draws its seed here
+        if axes and job.num_images > 1:
+            raise UsageError("--x and --num-images contradict each other: a plot makes one image per cell (use a seed axis)")
         if job.scheduler:
             from .schedulers import canonical_name
 
@@ -534,7 +596,7 @@ class RunConfig:
         from . import modes
 
         modes.get(self.mode).validate(self)
-        return dataclasses.replace(self, job=job)
+        return dataclasses.replace(self, job=job, axes=axes)
 
 
 def cli_fields(cls) -> list[tuple[str, object, object, dict]]:

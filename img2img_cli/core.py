@@ -102,12 +102,32 @@ def run(
         UsageError, ModelError: before any model loads (bad option, input or model), or when
             the model cannot be loaded.
     """
-    from . import distributed, modes
-    from .models import resolve_device, resolve_model
-    from .runner import Runner
+    from . import modes
 
     mode = modes.get(config.mode)
     work = plan(config, mode)
+    plots, hidden = [], []
+    if config.axes or config.plot.grid:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--x and --grid run in one process (their grid needs every cell); run them without accelerate launch / torchrun")
+    if config.axes:
+        from .plot.run import expand
+
+        work, plots, hidden = expand(work, list(config.axes), save_cells=config.plot.save_cells, skip_existing=config.skip_existing, mode=mode)
+    try:
+        return _run(config, mode, work, plots, emit, progress)
+    finally:
+        if hidden:
+            from .plot.run import remove_hidden
+
+            remove_hidden(hidden)
+
+
+def _run(config: RunConfig, mode, work: list[WorkItem], plots: list, emit, progress: bool) -> Summary:
+    from . import distributed
+    from .models import resolve_device, resolve_model
+    from .runner import Runner
+
     networks = plan_networks(config, work)
     spec = resolve_model(config.job.model, config.model_config)
     device = resolve_device(config.job.device)
@@ -121,17 +141,57 @@ def run(
     report = ReportFile(config.report)
     protected = frozenset(os.path.realpath(w.input.path) for w in work)  # every process's inputs
     state, device, work = distributed.split(work, device)
+    shown = emit
+    if plots and not config.plot.save_cells:  # cells in a hidden folder: only the grids are results
+        def shown(*a):
+            pass
     try:
         todo = _skip_existing(work, config, summary, report)
         if todo:
-            runner = Runner(todo, config, mode, report, summary, emit, protected, progress, signing)
+            runner = Runner(todo, config, mode, report, summary, shown, protected, progress, signing)
             runner.go(_loader(config, spec, mode, progress, networks), device, start)
         summary.outcomes = [w.outcome for w in work]
+        _grids(config, mode, work, plots, emit, summary)
     finally:
         report.close()
     distributed.gather(summary, state)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _grids(config: RunConfig, mode, work: list[WorkItem], plots: list, emit, summary: Summary) -> None:
+    """Compose each plot's grid from its written cells, and the ``--grid`` contact sheet;
+    each written path goes to ``emit`` like an output. A grid that cannot be written is an
+    error of its input, not of the run."""
+    from .errors import OutputError
+    from .provenance import xmp_packet
+
+    xmp = None if config.no_provenance else xmp_packet(mode.source_type)
+    if plots:
+        from .plot.run import compose
+
+        for p in plots:
+            try:
+                path = compose(p, overwrite=config.overwrite, xmp=xmp, quality=p.source.job.quality)
+            except OutputError as e:
+                log.error("%s", e)
+                summary.failed += 1
+                continue
+            if path is not None:
+                first = p.cells[0][1]
+                emit(first.outcome, path, first.base_seed, 0.0)
+    if config.plot.grid:
+        from .plot.run import sheet
+
+        folder = work[0].outputs[0].parent if work else None
+        if folder is not None:
+            try:
+                path = sheet(work, folder, overwrite=config.overwrite, xmp=xmp)
+            except OutputError as e:
+                log.error("%s", e)
+                return
+            if path is not None:
+                emit(work[0].outcome, path, work[0].base_seed, 0.0)
 
 
 def _skip_existing(work: list[WorkItem], config: RunConfig, summary: Summary, report: ReportFile) -> list[WorkItem]:
