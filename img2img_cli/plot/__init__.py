@@ -1,0 +1,1 @@
+"""X/Y/Z plots and contact sheets."""
