@@ -33,7 +33,9 @@ def test_each_saved_cell_equals_its_single_run_and_the_grid_holds_them(tmp_path,
     assert "Seed: 9" in text
     from img2img_cli.plot.grid import grid_margins
 
-    left, top = grid_margins(64, ["Denoising: 0.5", "Denoising: 1.0"], ["CFG Scale: 3.0", "CFG Scale: 7.5"])[:2]
+    m = grid_margins((64, 64), ["Denoising: 0.5", "Denoising: 1.0"], ["CFG Scale: 3.0", "CFG Scale: 7.5"])
+    left, top = m.left, m.top
+    assert left > 0 and top > 0
     assert grid.size == (left + 2 * 64, top + 2 * 64)
     g = np.asarray(grid.convert("RGB"), dtype=np.int16)
     for i, strength in enumerate(["0.5", "1.0"]):
@@ -67,7 +69,7 @@ def test_seed_axis_cells_share_a_batch_and_equal_single_runs(tmp_path, src, monk
     for i, seed in enumerate((1, 2, 3)):
         single = tmp_path / f"s{seed}.png"
         monkeypatch.setattr(pipeline, "generate", real)
-        r = invoke("run", src, *FAST[:-3], "--size", "64x64", "-p", "a cat", "--seed", seed, "-o", single)
+        r = invoke("run", src, "--model", "tiny", "--steps", "4", "--size", "64x64", "-p", "a cat", "--seed", seed, "-o", single)
         assert r.exit_code == 0, r.stderr
         assert np.abs(pixels(out / f"cat-x{i}.png") - pixels(single)).max() <= 1
         assert f"Seed: {seed}" in Image.open(out / f"cat-x{i}.png").info["parameters"]

@@ -12,6 +12,7 @@ written to a hidden folder in the output folder and removed once the grid is wri
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ def compose(plot: Plot, *, overwrite: bool, xmp: bytes | None, quality: int = 95
     if first is None:
         return None
     axes = plot.axes
+    size = next(im.size for im in images.values() if im is not None)
     labels = [list(a.grid_labels) for a in axes]
     nx = len(axes[0].values)
     ny = len(axes[1].values) if len(axes) > 1 else 1
@@ -137,7 +139,7 @@ def compose(plot: Plot, *, overwrite: bool, xmp: bytes | None, quality: int = 95
         for j in range(ny):
             idx_of = lambda i: (i, j, k)[: len(axes)]  # noqa: E731
             rows.append([images[idx_of(i)] for i in range(nx)])
-        grids.append(draw_grid(rows, labels[0], labels[1] if len(axes) > 1 else []))
+        grids.append(draw_grid(rows, labels[0], labels[1] if len(axes) > 1 else [], cell_size=size))
     grid = grids[0] if nz == 1 else stack_z(grids, labels[2])
     prompt, negative, params = _params_of(first)
     version = params.pop("Version", None)
@@ -178,6 +180,9 @@ def sheet(work: list, dest_folder: Path, *, overwrite: bool, xmp: bytes | None) 
             captions.append(f"{path.name}\nseed {seed}" if seed is not None else path.name)
     if not images:
         return None
-    image = contact_sheet(images, captions)
-    text = format_infotext("", None, {"Contact sheet": f"{len(images)} images"})
+    image = contact_sheet(images, captions, columns=math.ceil(math.sqrt(len(images))))  # no long single row for a prime count
+    from .. import __version__
+
+    params = {"Contact sheet": f"{len(images)} images", "Size": f"{image.width}x{image.height}", "Version": f"img2img-cli {__version__}"}
+    text = format_infotext("", None, params)
     return atomic_save(image, dest_folder / "contact-sheet.png", "png", text, overwrite=overwrite, xmp=xmp)
