@@ -56,6 +56,10 @@ MAX_STEPS = 999
 #: still be ~850 MB as RGB; inputs above 100 MP are refused.
 DEFAULT_MAX_PIXELS = 100_000_000
 
+#: ``--clip-skip`` range: A1111's slider goes to 12 (the layers of SD 1.x's CLIP ViT-L/14 text
+#: encoder); a model with fewer layers is checked when it loads.
+MAX_CLIP_SKIP = 12
+
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
@@ -136,6 +140,8 @@ class Job:
         num_images: images per input, ``>= 1``; image ``k`` uses seed ``seed + k``.
         scheduler: an A1111 sampler name from :data:`img2img_cli.schedulers.SCHEDULERS`, or
             ``None`` for the model's own scheduler.
+        clip_skip: A1111's "Clip skip" in ``[1, MAX_CLIP_SKIP]``: 1 is the text encoder's last
+            layer, N the layer N-1 before it (diffusers' ``clip_skip`` is N-1).
         width, height: output size in pixels (multiples of 8 in ``[8, 8192]``), or ``None``
             for the default (aspect ratio kept, longer side at the model's native resolution).
         resize_mode: one of :data:`RESIZE_MODES`.
@@ -165,6 +171,7 @@ class Job:
         None, "--scheduler", "--sampler", show_default=False,
         help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras' (see `img2img schedulers`). Default: the model's own.",
     )
+    clip_skip: int = option(1, "--clip-skip", help="A1111 Clip skip, 1-12: 1 = the text encoder's last layer, 2 = the one before.")
     width: Optional[int] = option(None, "--width", "-W", show_default=False, help="Output width in px (multiple of 8).")
     height: Optional[int] = option(None, "--height", "-H", show_default=False, help="Output height in px (multiple of 8).")
     resize_mode: Literal["crop", "just", "fill"] = option(
@@ -215,6 +222,8 @@ class Job:
             raise UsageError(f"--seed {self.seed} + --num-images {self.num_images} passes {MAX_SEED}")
         if self.num_images < 1:
             raise UsageError(f"--num-images must be at least 1, got {self.num_images}")
+        if not (1 <= self.clip_skip <= MAX_CLIP_SKIP):
+            raise UsageError(f"--clip-skip must be in [1, {MAX_CLIP_SKIP}], got {self.clip_skip}")
         for flag, value in (("--width", self.width), ("--height", self.height)):
             if value is None:
                 continue
@@ -277,9 +286,6 @@ class Speed:
     vae_tiling: bool = option(False, "--vae-tiling", help="Decode/encode the VAE in tiles (large images in little GPU memory).")
 
 
-#: ``--clip-skip`` range: A1111's slider goes to 12 (the layers of SD 1.x's CLIP ViT-L/14 text
-#: encoder); a model with fewer layers is checked when it loads.
-MAX_CLIP_SKIP = 12
 PROMPT_SYNTAXES = ("a1111", "plain")
 
 
@@ -292,8 +298,6 @@ class PromptOptions:
             ``BREAK``, prompt editing ``[from:to:when]``, alternation ``[a|b]``, ``<lora:...>``
             tags) and its long-prompt chunking; ``"plain"``: the text goes to diffusers as it is
             (77 tokens at most, the rest truncated by diffusers).
-        clip_skip: A1111's "Clip skip" in ``[1, 12]``: 1 is the text encoder's last layer, N
-            the layer N-1 before it (diffusers' ``clip_skip`` is N-1).
         lora: ``FILE[:WEIGHT]`` specs, weight 1 by default (any float, negative included).
         lora_dir: where ``<lora:NAME:...>`` finds ``NAME.safetensors`` (searched recursively).
         embedding: textual-inversion files (A1111 ``.pt`` / ``.safetensors``), each named by
@@ -305,7 +309,6 @@ class PromptOptions:
         "a1111", "--prompt-syntax",
         help="a1111: (word:1.3), [word], BREAK, [from:to:when], [a|b], <lora:name:w>, prompts over 75 tokens in chunks; plain: text as is.",
     )
-    clip_skip: int = option(1, "--clip-skip", help="A1111 Clip skip, 1-12: 1 = the text encoder's last layer, 2 = the one before.")
     lora: list[str] = option(
         [], "--lora", show_default=False, metavar="FILE[:WEIGHT]", help="LoRA file, FILE or FILE:WEIGHT (default weight 1); repeatable.",
     )
@@ -348,8 +351,6 @@ class PromptOptions:
     def validate(self) -> "PromptOptions":
         """Raises :class:`UsageError` naming the flag, for the first bad value."""
         _one_of("--prompt-syntax", self.prompt_syntax, PROMPT_SYNTAXES)
-        if not (1 <= self.clip_skip <= MAX_CLIP_SKIP):
-            raise UsageError(f"--clip-skip must be in [1, {MAX_CLIP_SKIP}], got {self.clip_skip}")
         self.lora_specs()
         for flag, folder in (("--lora-dir", self.lora_dir), ("--embeddings-dir", self.embeddings_dir)):
             if folder is not None and not folder.is_dir():
@@ -378,7 +379,7 @@ class PlotOptions:
 
     x: Optional[str] = option(
         None, "--x", show_default=False, metavar="AXIS=V1,V2,...",
-        help="X/Y/Z plot: strength, guidance, steps, seed, scheduler, prompt-sr, negative-prompt-sr, size; ranges like 0.2-0.8 (+0.2).",
+        help="X/Y/Z plot: strength, guidance, steps, seed, scheduler, prompt-sr, negative-prompt-sr, size, clip-skip; ranges like 0.2-0.8 (+0.2).",
     )
     y: Optional[str] = option(None, "--y", show_default=False, metavar="AXIS=V1,V2,...", help="The plot's Y axis (needs --x).")
     z: Optional[str] = option(None, "--z", show_default=False, metavar="AXIS=V1,V2,...", help="The plot's Z axis: one grid per value (needs --y).")

@@ -33,6 +33,7 @@ class Request:
             :meth:`~img2img_cli.modes.Mode.call_kwargs`; empty for plain img2img.
         loras: the LoRA set active for this image, ``((file, te_weight, unet_weight), ...)``
             (:class:`~img2img_cli.text.networks.TextPlan`); ``()`` for none.
+        clip_skip: A1111's clip skip, ``>= 1`` (:attr:`img2img_cli.config.Job.clip_skip`).
     """
 
     image: object
@@ -44,6 +45,7 @@ class Request:
     guidance_scale: float
     extras: dict = field(default_factory=dict)
     loras: tuple = ()
+    clip_skip: int = 1
 
     @property
     def size(self) -> tuple[int, int]:
@@ -55,7 +57,7 @@ class Request:
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one pipeline call (an empty negative prompt is
         passed as ``None``, see :func:`generate`, so it cannot share a call with a non-empty one)."""
-        return (self.size, self.strength, self.steps, self.guidance_scale, not self.negative_prompt, self.loras)
+        return (self.size, self.strength, self.steps, self.guidance_scale, not self.negative_prompt, self.loras, self.clip_skip)
 
 
 def to_tensor(image, *, pin: bool = False):

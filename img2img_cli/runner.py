@@ -269,7 +269,7 @@ class Runner:
             image, ready = prepared[w.index]
             prompt, negative = (w.text.prompt, w.text.negative) if w.text is not None else (w.prompt, w.negative_prompt)
             out.append(Request(
-                image, prompt, negative, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, ready.extras, w.loras,
+                image, prompt, negative, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, ready.extras, w.loras, w.job.clip_skip,
             ))
         return out
 

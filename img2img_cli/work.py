@@ -109,7 +109,7 @@ class Unit:
     def key(self) -> tuple:
         """Units with equal keys can share one pipeline call."""
         j = self.item.job
-        return (self.item.size, j.strength, j.steps, j.guidance_scale, not self.item.negative_prompt, self.item.mode_key, self.item.loras)
+        return (self.item.size, j.strength, j.steps, j.guidance_scale, not self.item.negative_prompt, self.item.mode_key, self.item.loras, j.clip_skip)
 
 
 def plan_work(

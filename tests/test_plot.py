@@ -126,3 +126,16 @@ def test_contact_sheet_for_num_images_and_for_a_folder(tmp_path, src, photos):
     r = invoke("run", photos, *FAST, "-p", "a photo", "--grid", "-o", out)
     assert r.exit_code == 0, r.stderr
     assert len(list(out.glob("*.png"))) == 5  # 4 photos + the sheet
+
+
+def test_clip_skip_axis_cells_equal_single_runs(tmp_path, src):
+    out = tmp_path / "plot"
+    r = invoke("run", src, *FAST, "-p", "a cat", "--x", "clip-skip=1,2", "--save-cells", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    for i, n in enumerate((1, 2)):
+        single = tmp_path / f"c{n}.png"
+        r = invoke("run", src, *FAST, "-p", "a cat", "--clip-skip", n, "-o", single)
+        assert r.exit_code == 0, r.stderr
+        assert np.array_equal(pixels(out / f"cat-x{i}.png"), pixels(single))
+    assert not np.array_equal(pixels(out / "cat-x0.png"), pixels(out / "cat-x1.png"))
+    assert "X Type: Clip skip" in Image.open(out / "cat.png").info["parameters"]

@@ -35,7 +35,7 @@ def values(text: str) -> tuple:
 
 def test_axes_names_types_and_labels():
     assert AXIS_NAMES == (
-        "strength", "guidance", "steps", "seed", "scheduler", "prompt-sr", "negative-prompt-sr", "size",
+        "strength", "guidance", "steps", "seed", "scheduler", "prompt-sr", "negative-prompt-sr", "size", "clip-skip",
     )
     expected = {
         "strength": (float, "Denoising"),
@@ -46,6 +46,7 @@ def test_axes_names_types_and_labels():
         "prompt-sr": (str, "Prompt S/R"),
         "negative-prompt-sr": (str, "Negative prompt S/R"),
         "size": (tuple, "Size"),
+        "clip-skip": (int, "Clip skip"),
     }
     assert {n: (AXES[n].type, AXES[n].label) for n in AXIS_NAMES} == expected
     assert AXES["cfg-scale"] is AXES["guidance"]
@@ -179,7 +180,7 @@ def test_seed_bounds():
 
 KNOWN = (
     "strength, guidance (cfg-scale), steps, seed, scheduler (sampler), prompt-sr, "
-    "negative-prompt-sr, size"
+    "negative-prompt-sr, size, clip-skip"
 )
 
 
@@ -427,3 +428,13 @@ def test_no_torch_import():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_clip_skip_axis_sets_the_job_and_is_checked():
+    from img2img_cli.config import Job
+
+    axis = parse_axis("clip-skip=1-3", "--x")
+    assert axis.values == (1, 2, 3)
+    assert axis.apply(Job(), "p", "n", 2)[0].clip_skip == 3
+    with pytest.raises(UsageError, match=r"--x clip-skip=13: --clip-skip must be in \[1, 12\], got 13"):
+        parse_axis("clip-skip=13", "--x")

@@ -114,6 +114,7 @@ _TYPES = (
         help="search string, then its replacements (negative prompt only)",
     ),
     AxisType("size", tuple, "Size", help="WIDTHxHEIGHT in pixels, multiples of 8"),
+    AxisType("clip-skip", int, "Clip skip", help="A1111 clip skip in [1, 12]"),
 )
 
 #: Every accepted axis name, aliases included, to its :class:`AxisType` (an alias maps to the
@@ -130,6 +131,7 @@ _FIELDS = {
     "steps": "steps",
     "seed": "seed",
     "scheduler": "scheduler",
+    "clip-skip": "clip_skip",
 }
 
 _INT = r"[+-]?\s*\d+"

@@ -32,13 +32,14 @@ def adapt(pipe, options, networks, *, fuse: bool = False):
     from .lora import check_base, model_base
 
     family = model_base(pipe)
-    if options.clip_skip > 1:
+    clip_skip = max(networks.clip_skips, default=1)
+    if clip_skip > 1:
         encoder = pipe.text_encoder if pipe.text_encoder is not None else pipe.text_encoder_2
         layers = encoder.config.num_hidden_layers
-        if options.clip_skip > layers:
-            raise ModelError(f"--clip-skip {options.clip_skip}: this model's text encoder has {layers} layers")
+        if clip_skip > layers:
+            raise ModelError(f"--clip-skip {clip_skip}: this model's text encoder has {layers} layers")
         if family.startswith("sdxl"):
-            log.warning("--clip-skip %d: SDXL already uses the penultimate layer; A1111 ignores clip skip there and so do we", options.clip_skip)
+            log.warning("--clip-skip %d: SDXL already uses the penultimate layer; A1111 ignores clip skip there and so do we", clip_skip)
     for info in networks.loras.values():
         check_base(info, family)
     for name, path in sorted(networks.embeddings.items()):

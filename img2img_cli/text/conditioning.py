@@ -46,23 +46,31 @@ class Conditioner:
         loras: whether any input uses a LoRA (then a :class:`~img2img_cli.text.lora.LoraSet`
             is kept on the pipe).
 
-    Our encoder (:class:`~img2img_cli.text.encode.PromptEncoder`) is used with the A1111
-    syntax, and with ``--clip-skip`` above 1; ``--prompt-syntax plain`` with clip skip 1 passes
-    the text to diffusers as it is.
+    Our encoder (:class:`~img2img_cli.text.encode.PromptEncoder`, one per clip skip) is used
+    with the A1111 syntax, and with ``--clip-skip`` above 1; ``--prompt-syntax plain`` with clip
+    skip 1 passes the text to diffusers as it is.
     """
 
     def __init__(self, pipe, options, *, loras: bool = False):
-        from .encode import PromptEncoder
-
         self.pipe = pipe
         self.a1111 = options.prompt_syntax == "a1111"
-        self.encoder = PromptEncoder(pipe, clip_skip=options.clip_skip) if (self.a1111 or options.clip_skip > 1) else None
+        self._encoders: dict[int, object] = {}
         self.sdxl = getattr(pipe, "text_encoder_2", None) is not None
         self.lora_set = None
         if loras:
             from .lora import LoraSet
 
             self.lora_set = LoraSet(pipe)
+
+    def encoder(self, clip_skip: int):
+        """The encoder for ``clip_skip``, or ``None`` when the text goes to diffusers as it is."""
+        if not (self.a1111 or clip_skip > 1):
+            return None
+        if clip_skip not in self._encoders:
+            from .encode import PromptEncoder
+
+            self._encoders[clip_skip] = PromptEncoder(self.pipe, clip_skip=clip_skip)
+        return self._encoders[clip_skip]
 
     def activate(self, loras: tuple) -> None:
         """Make ``loras`` (``((file, te, unet), ...)``) the active LoRA set; ``()``: none."""
@@ -88,9 +96,9 @@ class Conditioner:
         share the embedding length; each image's embedding never depends on its neighbours)
         and encode them. Returns ``[(indices into requests, Call)]`` in request order of first
         appearance; without our encoder, one group whose :class:`Call` passes the text."""
-        if self.encoder is None:
+        enc = self.encoder(requests[0].clip_skip)  # one clip skip per batch (Request.batch_key)
+        if enc is None:
             return [(list(range(len(requests))), Call(self, None, None))]
-        enc = self.encoder
         parsed = []
         for r in requests:
             n = steps_run(r.steps, r.strength)

@@ -51,11 +51,13 @@ class NetworkPlan:
             :class:`~img2img_cli.text.lora.LoraInfo` (kind, base, hash).
         embeddings: name -> file of each textual inversion to load.
         sets: the distinct LoRA sets (:attr:`TextPlan.loras`) of the run.
+        clip_skips: the distinct ``--clip-skip`` values of the run (a plot axis may vary it).
     """
 
     loras: dict = field(default_factory=dict)
     embeddings: dict = field(default_factory=dict)
     sets: set = field(default_factory=set)
+    clip_skips: set = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -146,8 +148,9 @@ def plan_text(work, options, *, lora_dirs: list[Path] | None = None) -> NetworkP
                 if n not in hashes:
                     hashes[n] = embedding_hash(available[n])
             fields["TI hashes"] = ", ".join(f"{n}: {hashes[n]}" for n in in_prompts)
-        if options.clip_skip > 1:
-            fields["Clip skip"] = options.clip_skip  # A1111 writes it when it is not 1
+        if w.job.clip_skip > 1:
+            fields["Clip skip"] = w.job.clip_skip  # A1111 writes it when it is not 1
+        plan.clip_skips.add(w.job.clip_skip)
         w.text = TextPlan(prompt, negative, loras, fields)
         plan.sets.add(loras)
     for what in sorted(unsupported):
