@@ -141,10 +141,8 @@ def _run(config: RunConfig, mode, work: list[WorkItem], plots: list, emit, progr
     report = ReportFile(config.report)
     protected = frozenset(os.path.realpath(w.input.path) for w in work)  # every process's inputs
     state, device, work = distributed.split(work, device)
-    shown = emit
-    if plots and not config.plot.save_cells:  # cells in a hidden folder: only the grids are results
-        def shown(*a):
-            pass
+    # cells in a hidden folder are not results: only their grids are (emitted by _grids)
+    shown = (lambda *a: None) if plots and not config.plot.save_cells else emit
     try:
         todo = _skip_existing(work, config, summary, report)
         if todo:

@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -60,3 +61,11 @@ def photos(tmp_path) -> Path:
     for name in ("chelsea.png", "coffee.png", "rocket.jpg", "camera.png"):
         shutil.copy(EXAMPLES / name, d / name)
     return d
+
+
+def cat_face(path: Path) -> Path:
+    """The cat's face from ``examples/chelsea.png`` as a 64x64 RGB PNG at ``path`` (the tiny
+    model's native size: a real photo, small enough for fast end-to-end tests)."""
+    with Image.open(EXAMPLES / "chelsea.png") as im:
+        im.convert("RGB").crop((150, 40, 278, 168)).resize((64, 64), Image.Resampling.LANCZOS).save(path)
+    return path

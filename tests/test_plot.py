@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import EXAMPLES
+from .conftest import cat_face
 from .test_cli import invoke, pixels
 
 FAST = ["--model", "tiny", "--steps", "4", "--seed", "9", "--size", "64x64"]
@@ -14,10 +14,7 @@ FAST = ["--model", "tiny", "--steps", "4", "--seed", "9", "--size", "64x64"]
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "cat.png"
-    with Image.open(EXAMPLES / "chelsea.png") as im:
-        im.convert("RGB").crop((150, 40, 278, 168)).resize((64, 64), Image.Resampling.LANCZOS).save(path)
-    return path
+    return cat_face(tmp_path_factory.mktemp("src") / "cat.png")
 
 
 def test_each_saved_cell_equals_its_single_run_and_the_grid_holds_them(tmp_path, src):

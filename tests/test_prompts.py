@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import EXAMPLES
+from .conftest import cat_face
 from .test_cli import invoke, pixels
 
 STEPS = ["--steps", "8", "--strength", "0.75", "--seed", "11", "-g", "7"]  # int(8 * 0.75) = 6 steps run
@@ -20,10 +20,7 @@ LONG = ", ".join(["a red house by the sea"] * 14)
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "src.png"
-    with Image.open(EXAMPLES / "chelsea.png") as im:
-        im.convert("RGB").crop((150, 40, 278, 168)).resize((64, 64), Image.Resampling.LANCZOS).save(path)
-    return path
+    return cat_face(tmp_path_factory.mktemp("src") / "src.png")
 
 
 def make(tmp_path, src, prompt, *extra, name="out.png", negative="blurry"):
