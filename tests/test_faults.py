@@ -26,7 +26,7 @@ import img2img_cli.metadata as metadata
 import img2img_cli.pipeline as pipeline
 from img2img_cli.cli import app
 from img2img_cli.config import parse_colour as _parse_colour
-from img2img_cli.config import Job, parse_size
+from img2img_cli.config import MAX_STEPS, Job, parse_size
 from img2img_cli.errors import UsageError
 from img2img_cli.models import TINY_DIR
 
@@ -284,6 +284,8 @@ def test_size_parsing_accepts_exactly_its_grammar(text):
 
 
 @settings(max_examples=300, deadline=None)
+@example(strength=1.0, steps=1000, guidance=0.0, seed=None, width=None, n=1)  # just past MAX_STEPS
+@example(strength=1.0, steps=999, guidance=0.0, seed=None, width=None, n=1)
 @given(
     strength=st.floats(allow_nan=True, allow_infinity=True),
     steps=st.integers(-5, 2000),
@@ -296,7 +298,7 @@ def test_job_validation_accepts_exactly_the_documented_ranges(strength, steps, g
     job = Job(strength=strength, steps=steps, guidance_scale=guidance, seed=seed, width=width, num_images=n)
     valid = (
         0 < strength <= 1
-        and steps >= 1
+        and 1 <= steps <= MAX_STEPS
         and int(steps * strength) >= 1
         and 0 <= guidance <= 100
         and (seed is None or 0 <= seed and seed + n - 1 <= 2**32 - 1)
