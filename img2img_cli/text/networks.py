@@ -82,14 +82,13 @@ def _weights(tag, name: str) -> tuple[float, float]:
         raise UsageError(f"<{tag.kind}:{':'.join(tag.args)}>: the weights of {name} must be numbers") from None
 
 
-def plan_text(work, options, *, lora_dirs: list[Path] | None = None) -> NetworkPlan:
+def plan_text(work, options) -> NetworkPlan:
     """Give each :class:`~img2img_cli.work.WorkItem` its :class:`TextPlan` (``w.text``) and
     return the run's :class:`NetworkPlan`. Reads only file headers; no model loads.
 
     Args:
         work: the run's work items (prompts final: sidecars, jobs rows and styles applied).
         options: the run's :class:`~img2img_cli.config.PromptOptions`.
-        lora_dirs: folders searched for tag names (default: ``--lora-dir``, if given).
 
     Raises:
         UsageError: a tag naming a LoRA not found (naming it and the folder searched), bad tag
@@ -100,13 +99,14 @@ def plan_text(work, options, *, lora_dirs: list[Path] | None = None) -> NetworkP
 
     plan = NetworkPlan()
     base = [(path, w, w) for path, w in options.lora_specs()]
-    dirs = lora_dirs if lora_dirs is not None else ([options.lora_dir] if options.lora_dir else [])
+    dirs = [options.lora_dir] if options.lora_dir else []
     available = find_embeddings([options.embeddings_dir]) if options.embeddings_dir else {}
     for path in options.embedding:
         available[path.stem] = path
     given = {path.stem for path in options.embedding}
     unsupported: set[str] = set()
     hashes: dict[str, str] = {}
+    found: dict[str, Path] = {}
     a1111 = options.prompt_syntax == "a1111"
     if a1111:
         from .syntax import extract_networks
@@ -123,7 +123,9 @@ def plan_text(work, options, *, lora_dirs: list[Path] | None = None) -> NetworkP
                     unsupported.add(f"<{tag.kind}:...>")
                     continue
                 name = tag.args[0].strip()
-                path = find_lora(name, dirs)
+                if name not in found:  # one folder walk per name, not per input
+                    found[name] = find_lora(name, dirs)
+                path = found[name]
                 te, unet = _weights(tag, name)
                 active[path.resolve()] = (path, te, unet)
         loras = tuple(sorted(active.values(), key=lambda e: str(e[0])))
@@ -137,7 +139,8 @@ def plan_text(work, options, *, lora_dirs: list[Path] | None = None) -> NetworkP
                     raise UsageError(str(e)) from None
         if loras:
             # A1111 (extra_networks_lora.py): "Lora hashes" lists each LoRA name with its addnet hash
-            fields["Lora hashes"] = ", ".join(f"{plan.loras[p.resolve()].name}: {plan.loras[p.resolve()].hash}" for p, _, _ in loras)
+            infos = [plan.loras[p.resolve()] for p, _, _ in loras]
+            fields["Lora hashes"] = ", ".join(f"{i.name}: {i.hash}" for i in infos)
         # every --embedding file is loaded; a folder's only when a prompt names it
         in_prompts = names_in(f"{prompt}\n{negative}", available) if available else []
         for n in [*in_prompts, *given]:
