@@ -79,9 +79,10 @@ class Conditioner:
 
     def _fragments(self, text: str):
         if self.a1111:
-            from .syntax import parse_attention
+            from .syntax import has_syntax, parse_attention
 
-            return parse_attention(text)
+            if has_syntax(text):  # a plain prompt (most of a folder) is one fragment: no parse
+                return parse_attention(text)
         return [(text, 1.0)]
 
     def _texts(self, text: str, steps: int) -> list[tuple[int, str]]:
