@@ -149,11 +149,27 @@ def _run_signature() -> inspect.Signature:
     return inspect.Signature(params)
 
 
+def _given(values: dict) -> frozenset:
+    """The options of the running command given on its command line or by environment
+    variable (click's parameter source), not left at their defaults."""
+    try:
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer on top of click
+        from click import get_current_context
+        from click.core import ParameterSource
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return frozenset()
+    explicit = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return frozenset(n for n in values if ctx.get_parameter_source(n) in explicit)
+
+
 def run(**values) -> None:
     """Run image-to-image on each INPUT (files or folders) and write the results."""
     _setup_logging(values.get("quiet", False))
     try:
-        config = RunConfig.from_values(values)
+        config = RunConfig.from_values({**values, "_given": _given(values)})
         from .core import run as run_core
 
         summary = run_core(config, emit=_printer(config.json_out), progress=not config.quiet and sys.stderr.isatty())

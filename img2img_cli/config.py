@@ -430,8 +430,12 @@ class RunConfig:
             (:attr:`batch` gives it as ``int | None``).
         background: colour transparent areas are composited onto (:attr:`background_rgb`).
         max_pixels: inputs with more pixels (width x height) are refused, ``>= 1``.
-        mode: the name of the selected mode (:mod:`img2img_cli.modes`), set by
+        mode: the name of the selected task mode (:mod:`img2img_cli.modes`), set by
             :meth:`from_values`; mode_options: its options dataclass instance.
+        addons: the names of the selected add-on modes (ControlNet, IP-Adapter), in order.
+        mode_values: ``(name, options)`` of every registered mode with options (read them
+            with :meth:`options_of`).
+        given: the names of the options given explicitly (see :meth:`from_values`).
         axes: the X/Y/Z plot's parsed axes (:class:`img2img_cli.plot.axes.Axis`), set by
             :meth:`validate`; ``()`` without ``--x``.
     """
@@ -506,7 +510,15 @@ class RunConfig:
     plot: PlotOptions = nested(PlotOptions)
     mode: str = "img2img"
     mode_options: object = None
+    addons: tuple = ()
+    mode_values: tuple = ()
+    given: frozenset = frozenset()
     axes: tuple = ()
+
+    def options_of(self, mode: str):
+        """The options instance of the registered mode ``mode`` (its defaults when none of its
+        flags was given), or ``None`` for a mode without options."""
+        return dict(self.mode_values).get(mode)
 
     @property
     def batch(self) -> int | None:
@@ -543,13 +555,22 @@ class RunConfig:
 
         Raises:
             UsageError: the first bad option or contradiction, naming the flags.
+
+        ``values["_given"]``, when present, names the options given on the command line (or by
+        their environment variable), not left at their defaults: :attr:`given`, for the rules
+        that refuse a flag a mode has no use for (``--strength`` for instruction editing).
         """
         from . import modes
 
         mode = modes.select(values)
-        built = _build(cls, values, skip={"mode", "mode_options", "axes"})
-        mode_options = _build(mode.options, values) if mode.options is not None else None
-        config = dataclasses.replace(built, mode=mode.name, mode_options=mode_options)
+        base = getattr(mode, "base", mode)
+        built = _build(cls, values, skip={"mode", "mode_options", "addons", "mode_values", "given", "axes"})
+        mode_options = _build(base.options, values) if base.options is not None else None
+        every = tuple((n, _build(m.options, values)) for n, m in ((n, modes.get(n)) for n in modes.MODES) if m.options is not None)
+        config = dataclasses.replace(
+            built, mode=base.name, mode_options=mode_options, mode_values=every,
+            addons=tuple(a.name for a in getattr(mode, "addons", ())), given=frozenset(values.get("_given", ())),
+        )
         return config.validate()
 
     def validate(self) -> "RunConfig":
@@ -596,7 +617,7 @@ class RunConfig:
             job = job.replace(scheduler=canonical_name(job.scheduler))
         from . import modes
 
-        modes.get(self.mode).validate(self)
+        modes.for_config(self).validate(self)
         return dataclasses.replace(self, job=job, axes=axes)
 
 

@@ -48,7 +48,7 @@ def plan(config: RunConfig, mode) -> list[WorkItem]:
         items = [InputItem(r.input, Path(r.input.name)) for r in rows]
     else:
         items = collect_inputs(config.inputs, recursive=config.recursive)
-    if rows and mode.name != "inpaint":
+    if rows and getattr(mode, "base", mode).name != "inpaint":
         row = next((r for r in rows if r.mask is not None), None)
         if row is not None:
             raise UsageError(f"--jobs {display(config.jobs)} line {row.line}: a mask needs inpainting: pass --mask too (a mask or a folder for rows without one)")
@@ -104,7 +104,7 @@ def run(
     """
     from . import modes
 
-    mode = modes.get(config.mode)
+    mode = modes.for_config(config)
     work = plan(config, mode)
     plots, hidden = [], []
     if config.axes or config.plot.grid:
@@ -128,8 +128,11 @@ def _run(config: RunConfig, mode, work: list[WorkItem], plots: list, emit, progr
     from .models import resolve_device, resolve_model
     from .runner import Runner
 
+    from . import modes
+
     networks = plan_networks(config, work)
     spec = resolve_model(config.job.model, config.model_config)
+    mode = modes.for_model(mode, spec.index_class, config.job.model, config)
     device = resolve_device(config.job.device)
     signing = None
     if config.c2pa_cert is not None:
@@ -223,6 +226,7 @@ def _loader(config: RunConfig, spec, mode, progress: bool, networks):
         pipe = load_pipeline(
             spec, mode=mode, device=device, dtype=resolve_dtype(config.job.dtype, device), dtype_option=config.job.dtype,
             scheduler=config.job.scheduler, progress=progress, speed=config.speed,
+            attach=lambda p: mode.attach(p, config),
             adapt=lambda p: text.setdefault("conditioner", adapt(p, config.text, networks, fuse=config.speed.compile)),
         )
         return Loaded(pipe, display_name(pipe.scheduler), spec.name, native_resolution(pipe), text.get("conditioner"))

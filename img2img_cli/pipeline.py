@@ -185,7 +185,10 @@ def _call(pipe, requests: list[Request], text_call, callback, mode) -> list:
             callback_on_step_end_tensor_inputs=["latents", *(text_call.tensor_inputs() if text_call is not None else [])],
         )
         if mode is not None:
+            from .modes import DROP
+
             kwargs.update(mode.call_kwargs(pipe, requests))
+            kwargs = {k: v for k, v in kwargs.items() if v is not DROP}
         out = pipe(**kwargs)
         images = _redecode_non_finite(pipe, out.images, final.get("latents"))
     return to_pil(images)

@@ -189,3 +189,112 @@ def test_a_mode_input_error_fails_its_image_alone(monkeypatch, tmp_path, photos)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["camera.png", "chelsea.png", "coffee.png"]
     failed = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines() if '"failed"' in x]
     assert [(f["input"].endswith("rocket.jpg"), f["error"]) for f in failed] == [(True, "rocket.jpg: no mask")]
+
+
+class EtaAddon(Eta):
+    """The eta mode as an add-on: it stacks on the task mode instead of replacing it."""
+
+    name = "eta"
+    addon = True
+
+    def validate(self, config):
+        if not 0 <= config.options_of("eta").eta <= 1:
+            raise UsageError(f"--eta must be in [0, 1], got {config.options_of('eta').eta}")
+
+    def prepare(self, item, source, size, config):  # an add-on is never the task mode
+        raise AssertionError("an add-on's prepare is not called")
+
+    def extend(self, item, source, prepared, size, config):
+        assert prepared.image.size == size  # the task mode's input is there already
+        prepared.extras["eta"] = config.options_of("eta").eta
+
+
+def test_an_addon_stacks_on_the_task_mode(monkeypatch, tmp_path):
+    """``--mask`` with an add-on: the task mode's hooks, then the add-on's; both infotexts."""
+    from img2img_cli.core import run
+
+    monkeypatch.setitem(modes.MODES, "eta", EtaAddon)
+    src = tmp_path / "src.png"
+    Image.open(EXAMPLES / "chelsea.png").convert("RGB").resize((64, 40)).save(src)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (64, 40), 255).save(mask)
+    config = config_for(src, tmp_path / "out.png", eta=1.0, scheduler="DDIM", mask=mask, report=tmp_path / "r.jsonl")
+    assert (config.mode, config.addons, config.options_of("eta").eta) == ("inpaint", ("eta",), 1.0)
+    mode = modes.for_config(config)
+    assert mode.name == "inpaint+eta" and mode.source_type == "compositeWithTrainedAlgorithmicMedia"
+    assert mode.pipeline_class("StableDiffusionPipeline", "m") == "StableDiffusionInpaintPipeline"
+    assert run(config).written == 1
+    text = Image.open(tmp_path / "out.png").info["parameters"]
+    assert "Mask blur: 4" in text and "Eta DDIM: 1" in text
+    assert json.loads((tmp_path / "r.jsonl").read_text())["parameters"]["mode"] == "inpaint+eta"
+    with pytest.raises(UsageError, match=r"--eta must be in \[0, 1\], got 3"):
+        config_for(src, tmp_path, eta=3.0, mask=mask)
+    # the add-on's own options still need its trigger
+    with pytest.raises(UsageError, match="--eta-note needs --eta"):
+        config_for(src, tmp_path, eta_note="x", mask=mask)
+
+
+@dataclass(frozen=True)
+class FooOptions:
+    foo: float = option(1.5, "--foo", help="A model mode's option.")
+
+
+def test_a_model_mode_is_chosen_by_the_model(monkeypatch, tmp_path):
+    """A mode whose ``model_family`` is the model's replaces the default task mode once the
+    model is resolved; its options for a model of another family, or a task mode the model
+    does not do, are refused naming the flags."""
+    from img2img_cli.models import resolve_model
+
+    class ForSd(Img2Img):
+        name = "for-sd"
+        options = FooOptions
+        model_family = "stable-diffusion"
+
+        def validate(self, config):
+            if "strength" in config.given:
+                raise UsageError("--strength: this mode has no strength")
+
+    class ForPix(ForSd):
+        name = "for-pix"
+        model_family = "instruct-pix2pix"
+
+    monkeypatch.setitem(modes.MODES, "for-sd", ForSd)
+    spec = resolve_model("tiny")
+    assert spec.index_class == "StableDiffusionPipeline"
+    config = config_for(tmp_path / "a.png", tmp_path, foo=2.0)
+    assert config.mode == "img2img" and config.options_of("for-sd") == FooOptions(2.0)
+    assert modes.for_model(modes.for_config(config), spec.index_class, "tiny", config).name == "for-sd"
+    with pytest.raises(UsageError, match="--strength: this mode has no strength"):
+        strong = config_for(tmp_path / "a.png", tmp_path, strength=0.5, _given={"strength"})
+        modes.for_model(modes.for_config(strong), spec.index_class, "tiny", strong)
+    mask = tmp_path / "m.png"
+    Image.new("L", (8, 8)).save(mask)
+    masked = config_for(tmp_path / "a.png", tmp_path, mask=mask)
+    with pytest.raises(UsageError, match=r"--model tiny is a stable-diffusion model, which does not do inpaint \(--mask or --outpaint\)"):
+        modes.for_model(modes.for_config(masked), spec.index_class, "tiny", masked)
+
+    monkeypatch.delitem(modes.MODES, "for-sd")
+    monkeypatch.setitem(modes.MODES, "for-pix", ForPix)
+    config = config_for(tmp_path / "a.png", tmp_path, foo=2.0)
+    with pytest.raises(UsageError, match="--foo needs an instruct-pix2pix model; --model tiny is a stable-diffusion model"):
+        modes.for_model(modes.for_config(config), spec.index_class, "tiny", config)
+    plain = config_for(tmp_path / "a.png", tmp_path)  # its option at its default: no complaint
+    assert modes.for_model(modes.for_config(plain), spec.index_class, "tiny", plain).name == "img2img"
+
+
+def test_given_options_come_from_the_command_line(monkeypatch, tmp_path):
+    """``RunConfig.given`` holds the flags typed (or set by environment variable), not defaults."""
+    from img2img_cli import cli
+
+    seen = {}
+
+    def fake_run(config, **kwargs):
+        seen["given"] = config.given
+        raise UsageError("stop here")
+
+    monkeypatch.setattr("img2img_cli.core.run", fake_run)
+    monkeypatch.setenv("IMG2IMG_MODEL", "tiny")
+    r = CliRunner().invoke(cli.app, ["run", str(EXAMPLES / "chelsea.png"), "-s", "0.75", "--steps", "3"])
+    assert r.exit_code == 2 and "stop here" in r.stderr
+    assert {"strength", "steps", "model", "inputs"} <= seen["given"]
+    assert "guidance_scale" not in seen["given"] and "seed" not in seen["given"]

@@ -27,6 +27,7 @@ def load_pipeline(
     progress: bool = False,
     speed: Speed | None = None,
     dtype_option: str | None = None,
+    attach=None,
     adapt=None,
 ):
     """Load ``mode``'s pipeline for ``spec`` onto ``device`` in ``dtype``.
@@ -49,6 +50,10 @@ def load_pipeline(
         progress: show diffusers' per-step progress bar (on stderr).
         dtype_option: the ``--dtype`` value ``dtype`` was resolved from (``auto``, ``fp32``...);
             when given, :func:`~img2img_cli.models.device.speed_hint` may log a hint once.
+        attach: ``attach(pipe) -> pipe``, run right after loading (the mode's add-ons:
+            :meth:`img2img_cli.modes.Mode.attach`); its warnings are collected like the load's.
+        adapt: ``adapt(pipe)``, run after the scheduler is set and before the speed options
+            (embeddings and LoRAs: :func:`img2img_cli.text.adapt`).
 
     Raises:
         ModelError: one line naming the model when loading fails.
@@ -65,7 +70,9 @@ def load_pipeline(
     try:
         with _library_warnings() as records:
             pipe = _load(spec, mode or modes.get("img2img"), dtype)
-        _refuse_missing_weights(spec, pipe)
+            _refuse_missing_weights(spec, pipe)
+            if attach is not None:
+                pipe = attach(pipe)
     except (ModelError, UsageError):
         raise
     except Exception as e:

@@ -72,6 +72,25 @@ class ModelSpec:
     config: Path | None = None
     cached: bool = True
 
+    @property
+    def index_class(self) -> str | None:
+        """The ``_class_name`` of the model's ``model_index.json`` (``StableDiffusionPipeline``,
+        ``StableDiffusionInstructPix2PixPipeline``...): the folder's, the shipped config's of a
+        single file, or the cached snapshot's of a hub id; ``None`` when not known before loading
+        (a hub model not in the cache)."""
+        if self.kind == "folder":
+            return read_json(Path(self.source) / "model_index.json").get("_class_name")
+        if self.kind == "file":
+            return read_json(Path(self.config) / "model_index.json").get("_class_name") if self.config else None
+        if not self.cached:
+            return None
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return read_json(Path(hf_hub_download(self.source, "model_index.json", local_files_only=True))).get("_class_name")
+        except Exception:
+            return None
+
 
 def resolve_model(model: str, model_config: str | None = None) -> ModelSpec:
     """Resolve ``--model`` without loading anything heavy (no torch import).

@@ -16,6 +16,17 @@ The runner, batching, output naming, report, metadata and multi-process code cal
 and nothing else, so a new mode is one module here plus one line in :data:`MODES` (after
 A1111's ``modules/scripts.py``, where each script declares its UI, its processing hooks and
 its infotext fields).
+
+Three ways a mode is chosen:
+
+- **task modes** (img2img, inpainting) by their trigger option (``--mask``); one at a time;
+- **add-ons** (:attr:`Mode.addon`: ControlNet, IP-Adapter) by their trigger option, on top of
+  the task mode: the run's mode is then a :class:`Stack`, whose hooks call the task mode's and
+  then each add-on's; an add-on turns the loaded pipeline into its own with
+  :meth:`Mode.attach` (diffusers' ``from_pipe``, the loaded components reused);
+- **model modes** (:attr:`Mode.model_family`: instruction editing, the x4 upscaler) by the
+  model: a model of that family replaces the default task mode (:func:`for_model`), once the
+  model is resolved and before it loads.
 """
 
 from __future__ import annotations
@@ -25,6 +36,10 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import ModelError, UsageError
+
+#: A value of :meth:`Mode.call_kwargs` that removes the plain argument of that name from the
+#: pipeline call (instruction editing has no ``strength``).
+DROP = object()
 
 #: ``model_index.json`` ``_class_name`` -> model family (diffusers' auto-pipeline keys).
 FAMILIES: Mapping[str, str] = {
@@ -75,6 +90,10 @@ class Mode:
             ``trainedAlgorithmicMedia`` when the whole picture is regenerated,
             ``compositeWithTrainedAlgorithmicMedia`` when a mask keeps part of the source.
         c2pa_action: the C2PA action recorded when signing: ``c2pa.created`` or ``c2pa.edited``.
+        addon: ``True`` for an add-on (ControlNet, IP-Adapter) that stacks on the task mode
+            instead of replacing it (see :class:`Stack`).
+        model_family: for a model mode, the model family (:data:`FAMILIES` value) that selects
+            it (``"instruct-pix2pix"``); such a mode has no trigger option.
     """
 
     name: str = ""
@@ -84,6 +103,8 @@ class Mode:
     auto_class: str = ""
     options: type | None = None
     trigger: str | None = None
+    addon: bool = False
+    model_family: str | None = None
 
     def pipeline_class(self, index_class: str, model: str) -> str:
         """The diffusers class name to load for a model whose ``model_index.json`` names
@@ -100,8 +121,24 @@ class Mode:
         return self.pipelines[family]
 
     def validate(self, config) -> None:
-        """Cross-flag checks of this mode's options against the whole
-        :class:`~img2img_cli.config.RunConfig`. Raises :class:`UsageError`."""
+        """Cross-flag checks of this mode's options (``config.options_of(self.name)``) against
+        the whole :class:`~img2img_cli.config.RunConfig`. Raises :class:`UsageError`."""
+
+    def attach(self, pipe, config):
+        """An add-on's change to the loaded pipeline, before LoRAs and the speed options:
+        ControlNet returns its pipeline class made ``from_pipe(pipe, controlnet=...)`` (no
+        component loaded twice), IP-Adapter loads its weights into ``pipe``. Returns the
+        pipeline to use. The task mode's default returns ``pipe``.
+
+        Raises:
+            ModelError: naming the add-on's file when it cannot be loaded or does not fit.
+        """
+        return pipe
+
+    def extend(self, item, source, prepared: "Prepared", size: tuple[int, int], config) -> None:
+        """An add-on's extra per-image inputs, added to ``prepared.extras`` after the task
+        mode's :meth:`prepare` (same arguments; ``prepared.image`` is the pipeline's source at
+        ``size``). Raises :class:`~img2img_cli.errors.InputError` to fail that input alone."""
 
     def scales_source(self, config) -> bool:
         """Whether the source is only ever used scaled down to the output size, so a JPEG may be
@@ -154,6 +191,118 @@ class Mode:
         return {}
 
 
+class Stack(Mode):
+    """A task mode with add-ons on top (``--mask`` with ``--controlnet``): each hook is the task
+    mode's, then each add-on's in order (:meth:`prepare` then :meth:`Mode.extend`, batch keys
+    concatenated, call arguments and infotext fields merged). The pipeline class is the task
+    mode's; the add-ons change the loaded pipeline (:meth:`Mode.attach`).
+
+    Attributes:
+        base: the task mode. addons: the add-ons, in registration order.
+    """
+
+    def __init__(self, base: Mode, addons: list):
+        self.base, self.addons = base, list(addons)
+        self.name = "+".join([base.name, *(a.name for a in self.addons)])
+        self.source_type, self.c2pa_action = base.source_type, base.c2pa_action
+        self.pipelines, self.auto_class = base.pipelines, base.auto_class
+        self.options, self.trigger, self.model_family = base.options, base.trigger, base.model_family
+
+    def _all(self):
+        return [self.base, *self.addons]
+
+    def pipeline_class(self, index_class, model):
+        return self.base.pipeline_class(index_class, model)
+
+    def validate(self, config):
+        for m in self._all():
+            m.validate(config)
+
+    def attach(self, pipe, config):
+        for m in self._all():
+            pipe = m.attach(pipe, config)
+        return pipe
+
+    def scales_source(self, config):
+        return all(m.scales_source(config) for m in self._all())
+
+    def canvas_size(self, item, source_size, config):
+        return self.base.canvas_size(item, source_size, config)
+
+    def prepare(self, item, source, size, config):
+        prepared = self.base.prepare(item, source, size, config)
+        for m in self.addons:
+            m.extend(item, source, prepared, size, config)
+        return prepared
+
+    def batch_key(self, item):
+        return tuple(k for m in self._all() for k in m.batch_key(item))
+
+    def call_kwargs(self, pipe, requests):
+        kwargs: dict = {}
+        for m in self._all():
+            kwargs.update(m.call_kwargs(pipe, requests))
+        return kwargs
+
+    def finish(self, image, prepared):
+        return self.base.finish(image, prepared)
+
+    def infotext(self, item, config):
+        fields: dict = {}
+        for m in self._all():
+            fields.update(m.infotext(item, config))
+        return fields
+
+
+def stack(base: Mode, addons: list) -> Mode:
+    """``base`` alone, or a :class:`Stack` of it and ``addons``."""
+    return Stack(base, addons) if addons else base
+
+
+def for_config(config) -> Mode:
+    """The mode of a built :class:`~img2img_cli.config.RunConfig` (its task mode and add-ons)."""
+    return stack(get(config.mode), [get(n) for n in config.addons])
+
+
+def for_model(mode: Mode, index_class: str | None, model: str, config) -> Mode:
+    """The run's mode once ``--model`` is resolved: a model mode whose :attr:`Mode.model_family`
+    is the model's family (:data:`FAMILIES` of its ``model_index.json`` class ``index_class``)
+    replaces the default task mode and is validated; the add-ons stay.
+
+    Raises:
+        UsageError: a model mode's option is given for a model of another family (naming the
+            flag and what it needs), or a trigger-selected task mode (``--mask``) is asked of a
+            model that only does its own mode.
+    """
+    family = FAMILIES.get(index_class or "")
+    base = mode.base if isinstance(mode, Stack) else mode
+    addons = mode.addons if isinstance(mode, Stack) else []
+    claimed = None
+    for name in MODES:
+        m = get(name)
+        if m.model_family is None:
+            continue
+        if m.model_family == family:
+            claimed = m
+            continue
+        if m.options is not None and config.options_of(m.name) != m.options():
+            flag = next(_flag(m.options, f.name) for f in dataclasses.fields(m.options)
+                        if getattr(config.options_of(m.name), f.name) != f.default)
+            raise UsageError(f"{flag} needs {_a(m.model_family)} model; --model {model} is {_a(family or 'other')} model")
+    if claimed is None:
+        return mode
+    if base.name != next(iter(MODES)):
+        flags = " or ".join(_flag(base.options, t) for t in _triggers(base)) if base.options else base.name
+        raise UsageError(f"--model {model} is {_a(family)} model, which does not do {base.name} ({flags})")
+    chosen = stack(claimed, addons)
+    chosen.validate(config)
+    return chosen
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
 def _img2img() -> Mode:
     from .img2img import Img2Img
 
@@ -180,21 +329,26 @@ def get(name: str) -> Mode:
 
 
 def select(values: dict) -> Mode:
-    """The mode chosen by option ``values`` (flat, by field name): the one whose trigger
-    option is set, else the default (the first of :data:`MODES`).
+    """The mode chosen by option ``values`` (flat, by field name): the task mode whose trigger
+    option is set, else the default (the first of :data:`MODES`), with the add-ons whose
+    trigger is set on top (a :class:`Stack`). Model modes are chosen later (:func:`for_model`).
 
     Raises:
-        UsageError: two modes' triggers are set, or an option of an unselected mode is set
-            (naming the flag and what it needs).
+        UsageError: two task modes' triggers are set, or an option of an unselected mode is
+            set (naming the flag and what it needs).
     """
     modes = [get(n) for n in MODES]
-    chosen = [m for m in modes if any(_is_set(values.get(t)) for t in _triggers(m))]
+    triggered = [m for m in modes if any(_is_set(values.get(t)) for t in _triggers(m))]
+    chosen = [m for m in triggered if not m.addon]
     if len(chosen) > 1:
         flags = " and ".join(_flag(m.options, next(t for t in _triggers(m) if _is_set(values.get(t)))) for m in chosen)
         raise UsageError(f"{flags} contradict each other; pass one")
-    mode = chosen[0] if chosen else modes[0]
+    base = chosen[0] if chosen else modes[0]
+    addons = [m for m in triggered if m.addon]
+    mode = stack(base, addons)
+    active = {base.name, *(a.name for a in addons)}
     for other in modes:
-        if other is mode or other.options is None:
+        if other.name in active or other.options is None or other.model_family is not None:
             continue
         for f in dataclasses.fields(other.options):
             default = f.default if f.default is not dataclasses.MISSING else None
