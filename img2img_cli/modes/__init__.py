@@ -315,8 +315,14 @@ def _inpaint() -> Mode:
     return Inpaint()
 
 
+def _controlnet() -> Mode:
+    from .controlnet import ControlNet
+
+    return ControlNet()
+
+
 #: name -> factory of the registered modes; the first is the default.
-MODES = {"img2img": _img2img, "inpaint": _inpaint}
+MODES = {"img2img": _img2img, "inpaint": _inpaint, "controlnet": _controlnet}
 
 
 def get(name: str) -> Mode:
@@ -352,7 +358,7 @@ def select(values: dict) -> Mode:
             continue
         for f in dataclasses.fields(other.options):
             default = f.default if f.default is not dataclasses.MISSING else None
-            if f.name in values and values[f.name] not in (None, default):
+            if f.name in values and values[f.name] not in (None, default) and _is_set(values[f.name]):
                 needs = " or ".join(_flag(other.options, t) for t in _triggers(other))
                 raise UsageError(f"{_flag(other.options, f.name)} needs {needs}")
     return mode
@@ -365,8 +371,9 @@ def _triggers(mode: Mode) -> tuple[str, ...]:
 
 
 def _is_set(value) -> bool:
-    """Whether an option value was given: not ``None``, ``False`` or ``""`` (``0`` is a value)."""
-    return value is not None and value is not False and value != ""
+    """Whether an option value was given: not ``None``, ``False``, ``""`` or an empty list
+    (a repeatable option not given; ``0`` is a value)."""
+    return value is not None and value is not False and value != "" and not (isinstance(value, (list, tuple)) and not value)
 
 
 def _flag(options: type, name: str) -> str:
