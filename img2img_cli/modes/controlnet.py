@@ -430,12 +430,13 @@ class ControlNet(Mode):
         prepared.extras["control"] = images
 
     def call_kwargs(self, pipe, requests: list) -> dict:
-        """``control_image`` (per request, or per ControlNet then per request for several),
+        """``control_image`` (a ``(B, 3, H, W)`` batch, or a list of one per ControlNet: diffusers
+        takes several ControlNets' images per batch only as tensors, :func:`control_batch`),
         ``controlnet_conditioning_scale`` (the weights), ``control_guidance_start`` / ``_end``
         (fractions of the steps) and ``guess_mode``."""
         units, o = self._sources, self._options  # set by attach, before any call
         weights = [u.weight for u in units]
-        per_net = [[r.extras["control"][i] for r in requests] for i in range(len(units))]
+        per_net = [control_batch([r.extras["control"][i] for r in requests]) for i in range(len(units))]
         one = len(units) == 1
         return {
             "control_image": per_net[0] if one else per_net,
@@ -474,6 +475,18 @@ class ControlNet(Mode):
             }
             fields[f"ControlNet {i}"] = ", ".join(f"{k}: {v}" for k, v in values.items())
         return fields
+
+
+def control_batch(images: list):
+    """RGB ``PIL.Image`` s as one float32 ``(B, 3, H, W)`` tensor in ``[0, 1]``, with diffusers'
+    arithmetic and memory layout for a list of PIL images (``VaeImageProcessor.pil_to_numpy``
+    then ``numpy_to_pt``: a channels-last view of ``(B, H, W, 3)``), so a ControlNet computes
+    exactly what it computes from the images themselves."""
+    import numpy as np
+    import torch
+
+    hwc = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8).astype(np.float32) / 255.0 for im in images])
+    return torch.from_numpy(hwc).permute(0, 3, 1, 2)
 
 
 def load_controlnet(u: ControlSource, dtype):

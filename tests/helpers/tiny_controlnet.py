@@ -4,7 +4,10 @@
 ``conditioning_embedding_out_channels=(16, 32)`` (one stride-2 step: 64 px control images to the
 tiny VAE's 32 px latents), then the zero convolutions (``controlnet_down_blocks``,
 ``controlnet_mid_block``) re-initialised with ``normal_`` weights and biases 1 after a manual
-seed, so the ControlNet has an effect (zero convolutions add nothing).
+seed, so the ControlNet has an effect (zero convolutions add nothing). The hint encoder's last
+convolution (``controlnet_cond_embedding.conv_out``) is zero-initialised too and is re-initialised
+the same way (diffusers' tests leave it at zero, so their control image changes nothing): here
+the control image matters.
 
 :func:`save_original_controlnet` writes one in lllyasviel's ControlNet v1.1 single-file layout
 (``control_model.`` + the UNet encoder's original names, ``input_hint_block``, ``zero_convs``,
@@ -35,6 +38,7 @@ def _init_zero_convs(net, seed: int):
 
     net.controlnet_down_blocks.apply(init)
     net.controlnet_mid_block.apply(init)
+    net.controlnet_cond_embedding.conv_out.apply(init)
     return net
 
 
