@@ -284,3 +284,27 @@ def test_attach_reuses_the_loaded_components(nets, tiny_pipe):
     assert pipe.unet is tiny_pipe.unet and pipe.vae is tiny_pipe.vae and pipe.text_encoder is tiny_pipe.text_encoder
     assert len(pipe.controlnet.nets) == 2 and pipe.controlnet.nets[0].dtype == tiny_pipe.unet.dtype
     assert seconds < 10
+
+
+def test_sdxl_controlnet_equals_diffusers_and_an_sd_controlnet_is_refused(tmp_path, nets, src):
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetImg2ImgPipeline, UNet2DConditionModel
+
+    from .helpers.tiny_sdxl import save_tiny_sdxl
+
+    model = save_tiny_sdxl(tmp_path / "tiny-sdxl")
+    net = tmp_path / "cn-xl"
+    build_tiny_controlnet(0, unet=UNet2DConditionModel.from_pretrained(str(model), subfolder="unet")).save_pretrained(str(net))
+    out = tmp_path / "out.png"
+    args = [a if a != "tiny" else model for a in ARGS]
+    r = invoke("run", src, *args, "--controlnet", net, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    pipe = StableDiffusionXLControlNetImg2ImgPipeline.from_pretrained(
+        str(model), controlnet=ControlNetModel.from_pretrained(str(net)), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompt="a red ball", negative_prompt="blurry", image=Image.open(src).convert("RGB"), control_image=cv2_canny(src),
+                  strength=STRENGTH, num_inference_steps=STEPS, guidance_scale=CFG, controlnet_conditioning_scale=1.0,
+                  generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+    assert np.abs(pixels(out) - pixels(theirs)).max() <= 1
+    r = invoke("run", src, *args, "--controlnet", nets["a"], "-o", tmp_path / "x.png")
+    assert r.exit_code == 2
+    assert "a ControlNet for (cross-attention 32, blocks 32/64) does not fit --model" in r.stderr and "(cross-attention 96" in r.stderr
