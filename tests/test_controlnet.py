@@ -251,8 +251,9 @@ def test_refusals_name_the_flag_and_the_value(tmp_path, nets, src):
     assert r.exit_code == 2 and f"--controlnet {missing}: no such file or folder" in r.stderr
     r = invoke("run", src, *ARGS, "--controlnet", TINY_DIR, "-o", tmp_path / "o.png")
     assert r.exit_code == 2 and "a whole pipeline folder" in r.stderr
-    r = invoke("run", src, *ARGS, "--controlnet", "someone/not-cached-controlnet", "-o", tmp_path / "o.png")
-    assert r.exit_code == 2 and "not in the Hugging Face cache and HF_HUB_OFFLINE is set" in r.stderr
+    for repo in ("someone/not-cached-controlnet", "someone/controlnet-sdxl-1.0:0.5"):
+        r = invoke("run", src, *ARGS, "--controlnet", repo, "-o", tmp_path / "o.png")
+        assert r.exit_code == 2 and f"--controlnet {repo}: {repo.split(':')[0]} is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in r.stderr
     cases = [
         (["--control", "depth"], "--control depth: expected one of canny, tile, lineart, none"),
         (["--control", "canny", "--control", "tile"], "--control given 2 times for 1 --controlnet"),
@@ -308,3 +309,24 @@ def test_sdxl_controlnet_equals_diffusers_and_an_sd_controlnet_is_refused(tmp_pa
     r = invoke("run", src, *args, "--controlnet", nets["a"], "-o", tmp_path / "x.png")
     assert r.exit_code == 2
     assert "a ControlNet for (cross-attention 32, blocks 32/64) does not fit --model" in r.stderr and "(cross-attention 96" in r.stderr
+
+
+def test_a_cached_hub_controlnet_loads_offline(tmp_path, nets, src, monkeypatch):
+    """A hub id in the Hugging Face cache loads with no network call (HF_HUB_OFFLINE is set)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--someone--tiny-controlnet-1.0"
+    shutil.copytree(nets["a"], repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    hub, folder = tmp_path / "hub.png", tmp_path / "folder.png"
+    r = invoke("run", src, *ARGS, "--controlnet", "someone/tiny-controlnet-1.0:0.7", "-o", hub)
+    assert r.exit_code == 0, r.stderr
+    assert invoke("run", src, *ARGS, "--controlnet", f"{nets['a']}:0.7", "-o", folder).exit_code == 0
+    assert (pixels(hub) == pixels(folder)).all()
+    assert "Model: someone/tiny-controlnet-1.0, Weight: 0.7" in read_infotext(hub)

@@ -205,7 +205,7 @@ def resolve_controlnet(spec: str, control: str = "canny", image: Path | None = N
         raise ModelError(f"--controlnet {spec}: pickle files ({path.suffix}) can run arbitrary code when loaded and are refused; use a .safetensors file")
     if path.is_file():
         return ControlSource(spec, "file", str(path), weight, path.stem, control, single_file_config(path, spec), image)
-    if _REPO_ID.match(model) and not model.startswith((".", "/", "~")) and not path.suffix:
+    if _REPO_ID.match(model) and not model.startswith((".", "/", "~")) and path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
         _check_hub(model, spec)
         return ControlSource(spec, "hub", model, weight, model, control, image=image)
     raise ModelError(f"--controlnet {spec}: no such file or folder")
