@@ -330,3 +330,27 @@ def test_a_cached_hub_controlnet_loads_offline(tmp_path, nets, src, monkeypatch)
     assert invoke("run", src, *ARGS, "--controlnet", f"{nets['a']}:0.7", "-o", folder).exit_code == 0
     assert (pixels(hub) == pixels(folder)).all()
     assert "Model: someone/tiny-controlnet-1.0, Weight: 0.7" in read_infotext(hub)
+
+
+def test_only_masked_inpainting_crops_the_given_map_like_the_source(tmp_path, nets):
+    """--inpaint-area masked: the map is stretched to the source, cropped to the masked region
+    and fitted like the crop; the result is pasted back, the rest of the source untouched."""
+    src = EXAMPLES / "chelsea.png"  # 451x300
+    mask = Image.new("L", (451, 300), 0)
+    ImageDraw.Draw(mask).rectangle((200, 100, 240, 140), fill=255)
+    mask.save(tmp_path / "m.png")
+    depth = Image.new("RGB", (225, 150), 0)
+    ImageDraw.Draw(depth).rectangle((100, 50, 120, 70), fill=(255, 255, 255))
+    depth.save(tmp_path / "depth.png")
+    outs = {}
+    for name, extra in (("map", ["--control-image", tmp_path / "depth.png"]), ("lineart", ["--control", "lineart"])):
+        outs[name] = tmp_path / f"{name}.png"
+        r = invoke("run", src, *ARGS, "--mask", tmp_path / "m.png", "--mask-blur", "0", "--inpaint-area", "masked", "--padding", "8",
+                   "--controlnet", nets["a"], *extra, "-o", outs[name])
+        assert r.exit_code == 0, r.stderr
+    region = np.zeros((300, 451), bool)
+    region[100:141, 200:241] = True
+    for out in outs.values():
+        assert (pixels(out)[~region] == pixels(src)[~region]).all()
+    assert np.abs(pixels(outs["map"]) - pixels(outs["lineart"]))[region].mean() > 1
+    assert "Module: lineart_standard" in read_infotext(outs["lineart"])

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import option
-from ..errors import InputError, ModelError, UsageError
+from ..errors import ModelError, UsageError
 from ..models.resolve import CONFIGS_DIR, PICKLE_SUFFIXES
 from . import Mode
 
