@@ -181,14 +181,20 @@ def _execute(values: dict, build, core) -> None:
     raise typer.Exit(summary.exit_code)
 
 
-run.__signature__ = _run_signature()
-run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
-app.command(
-    epilog="Examples:\n\n"
-    "  img2img run photo.jpg -p 'a watercolor painting' -o out.png\n\n"
-    "  img2img run photos/ -r --style oil-painting -s 0.6 --seed 42 -o painted/\n\n"
-    "  img2img run photo.jpg --model tiny --steps 8 --json",
-)(run)
+def _register(command, signature: inspect.Signature, *examples: str) -> None:
+    """Add ``command`` (a ``**values`` function) to the app with ``signature`` as its options
+    and ``examples`` in its help's epilog."""
+    command.__signature__ = signature
+    command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    app.command(epilog="Examples:\n\n" + "\n\n".join(f"  {e}" for e in examples))(command)
+
+
+_register(
+    run, _run_signature(),
+    "img2img run photo.jpg -p 'a watercolor painting' -o out.png",
+    "img2img run photos/ -r --style oil-painting -s 0.6 --seed 42 -o painted/",
+    "img2img run photo.jpg --model tiny --steps 8 --json",
+)
 
 
 def upscale(**values) -> None:
@@ -210,14 +216,12 @@ def _upscale_signature() -> inspect.Signature:
     return _signature(cli_fields(UpscaleConfig))
 
 
-upscale.__signature__ = _upscale_signature()
-upscale.__annotations__ = {p.name: p.annotation for p in upscale.__signature__.parameters.values()}
-app.command(
-    epilog="Examples:\n\n"
-    "  img2img upscale photo.jpg --upscaler RealESRGAN_x4plus.safetensors -o big.png\n\n"
-    "  img2img upscale photos/ -r --upscaler 4x-UltraSharp.pth -x 2 -o upscaled/\n\n"
-    "  img2img upscale photo.jpg -x 2   (Lanczos, no network)",
-)(upscale)
+_register(
+    upscale, _upscale_signature(),
+    "img2img upscale photo.jpg --upscaler RealESRGAN_x4plus.safetensors -o big.png",
+    "img2img upscale photos/ -r --upscaler 4x-UltraSharp.pth -x 2 -o upscaled/",
+    "img2img upscale photo.jpg -x 2   (Lanczos, no network file)",
+)
 
 
 def _printer(json_out: bool):

@@ -177,11 +177,14 @@ def _read_state_dict(path: Path) -> dict:
         except Exception as e:
             raise ModelError(f"--upscaler {name}: not a readable .safetensors file ({one_line(e)[:200]})") from None
     import pickle
+    import warnings
 
     import torch
 
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: our message says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = f"a Python object ({found.group(1)})" if found else "pickle instructions"

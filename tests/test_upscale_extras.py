@@ -12,29 +12,17 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
-
-from img2img_cli.cli import app
 from img2img_cli.metadata import format_infotext, parse_infotext, read_infotext, write_image
 
 from .conftest import EXAMPLES, ROOT
 from .helpers.tiny_upscaler import import_spandrel, save_compact, save_hostile_pth
+from .test_inpaint import invoke, pixels
 
 if importlib.util.find_spec("spandrel") is None:
     pytest.skip("spandrel is not installed (pip install 'img2img-cli[upscale]')", allow_module_level=True)
 import_spandrel()
 
-runner = CliRunner()
 CHELSEA = EXAMPLES / "chelsea.png"  # 451x300
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def pixels(path_or_image) -> np.ndarray:
-    im = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
-    return np.asarray(im.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")
