@@ -183,7 +183,7 @@ def run_upscale(
 
     start = time.perf_counter()
     items = plan(config)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if config.network else "cpu"  # Lanczos: no torch
     summary = Summary()
     report = ReportFile(config.report)
     try:

@@ -126,6 +126,21 @@ def test_factor_resizes_after_the_network_and_passes_again_above_its_scale(nets)
     assert (pixels(upscale_image(lanczos, photo, 2)) == pixels(photo.resize((902, 600), Image.LANCZOS))).all()
 
 
+def test_postprocess_infotext_appends_to_parameters_only():
+    from img2img_cli.extras import postprocess_infotext
+    from img2img_cli.metadata import append_params
+
+    base = format_infotext("a cat", None, {"Steps": 20, "Seed": 1, "Size": "64x64"})
+    assert append_params("OLYMPUS DIGITAL CAMERA", {"A b": 1}) is None  # no parameters line
+    twice = postprocess_infotext(postprocess_infotext(base, "net,v2", 4), "Lanczos", 0.5)
+    params = parse_infotext(twice)
+    assert twice.startswith(base + ", Postprocess upscaler: ")
+    assert params["prompt"] == "a cat" and params["Steps"] == "20" and params["Size-1"] == "64"
+    assert params["Postprocess upscaler"] == "Lanczos" and params["Postprocess upscale by"] == "0.5"  # the latest wins
+    fresh = parse_infotext(postprocess_infotext("OLYMPUS DIGITAL CAMERA", "net,v2", 4))
+    assert fresh["prompt"] == "" and fresh["Postprocess upscaler"] == "net,v2" and fresh["Postprocess upscale by"] == "4"
+
+
 # -- the command
 
 
