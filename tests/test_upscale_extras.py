@@ -220,6 +220,16 @@ def test_folder_skip_existing_json_and_report(tmp_path, photos, nets):
     assert set(records[0]) == {"input", "outputs", "seed", "seeds", "parameters", "status", "error", "seconds"}
 
 
+def test_inputs_sharing_a_stem_get_distinct_names(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("cat.jpg", "cat.png", "cat.webp"):
+        Image.new("RGB", (8, 6), (200, 0, 0)).save(d / name)
+    r = invoke("upscale", d, "-x", "2", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat-png.png", "cat-webp.png", "cat.png"]
+
+
 def test_a_bad_file_in_a_folder_fails_alone(tmp_path, photos, nets):
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     out = tmp_path / "out"
