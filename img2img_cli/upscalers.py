@@ -154,7 +154,7 @@ def _import_spandrel(path: Path):
     except ImportError as e:
         raise ModelError(
             f"--upscaler {display(path)}: needs spandrel, which cannot be imported ({one_line(e)}); "
-            "install it with: pip install 'img2img-cli[upscale]'"
+            "install it and torchvision with: pip install 'img2img-cli[upscale]'"
         ) from None
     return spandrel
 
@@ -298,16 +298,17 @@ def _one_pass(upscaler: Upscaler, image, tile: int, overlap: int):
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side ``tile`` covering ``[0, length)`` with at least
-    ``overlap`` pixels shared between neighbours; the last tile ends at ``length``.
+    ``overlap`` pixels shared between neighbours: the fewest tiles that can,
+    ``ceil((length - overlap) / (tile - overlap))``, spread evenly from ``0`` to
+    ``length - tile`` (so every seam is about as wide, rather than a last tile overlapping
+    its neighbour almost whole).
 
     ``tile <= 0`` or ``tile >= length``: one tile, ``[0]``.
     """
     if tile <= 0 or tile >= length:
         return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
+    n = -(-(length - overlap) // (tile - overlap))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
 def blend_weights(starts: list[int], tile: int, length: int, scale: int):
