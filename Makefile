@@ -85,6 +85,9 @@ endif
 
 $(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PIP) install -e '.[test]'
+	# spandrel (the `upscale` extra) without its torchvision: on our index torchvision is a CUDA
+	# build that replaces a CPU torch; img2img_cli/upscalers.py imports spandrel without it.
+	$(PIP) install --no-deps 'spandrel>=0.4,<0.5' 'einops>=0.6'
 	touch $@
 
 demo: $(STAMP)

@@ -132,7 +132,7 @@ def _fail(e: Img2ImgError) -> None:
 def _run_signature() -> inspect.Signature:
     """``img2img run``'s parameters, made from the options declared once in
     :mod:`img2img_cli.config` (:func:`~img2img_cli.config.cli_fields` of ``RunConfig`` and of
-    every registered mode's options): each field becomes ``Annotated[type, typer.Option(...)]``."""
+    every registered mode's options)."""
     from . import modes
 
     fields = cli_fields(RunConfig)
@@ -140,6 +140,12 @@ def _run_signature() -> inspect.Signature:
         options = modes.get(name).options
         if options is not None:
             fields += cli_fields(options)
+    return _signature(fields)
+
+
+def _signature(fields) -> inspect.Signature:
+    """A command's parameters from :func:`~img2img_cli.config.cli_fields`: each field becomes
+    ``Annotated[type, typer.Option(...)]`` (or ``typer.Argument``)."""
     params = []
     for name, kind, default, meta in fields:
         meta = dict(meta)
@@ -167,12 +173,22 @@ def _given(values: dict) -> frozenset:
 
 def run(**values) -> None:
     """Run image-to-image on each INPUT (files or folders) and write the results."""
-    _setup_logging(values.get("quiet", False))
-    try:
-        config = RunConfig.from_values({**values, "_given": _given(values)})
+
+    def core(config, **kwargs):
         from .core import run as run_core
 
-        summary = run_core(config, emit=_printer(config.json_out), progress=not config.quiet and sys.stderr.isatty())
+        return run_core(config, **kwargs)
+
+    _execute({**values, "_given": _given(values)}, RunConfig.from_values, core)
+
+
+def _execute(values: dict, build, core) -> None:
+    """Build a command's validated config from its ``values``, run ``core(config, emit=...,
+    progress=...)`` and print its summary line; exits with the summary's code."""
+    _setup_logging(values.get("quiet", False))
+    try:
+        config = build(values)
+        summary = core(config, emit=_printer(config.json_out), progress=not config.quiet and sys.stderr.isatty())
     except Img2ImgError as e:
         _fail(e)
         return
@@ -181,14 +197,47 @@ def run(**values) -> None:
     raise typer.Exit(summary.exit_code)
 
 
-run.__signature__ = _run_signature()
-run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
-app.command(
-    epilog="Examples:\n\n"
-    "  img2img run photo.jpg -p 'a watercolor painting' -o out.png\n\n"
-    "  img2img run photos/ -r --style oil-painting -s 0.6 --seed 42 -o painted/\n\n"
-    "  img2img run photo.jpg --model tiny --steps 8 --json",
-)(run)
+def _register(command, signature: inspect.Signature, *examples: str) -> None:
+    """Add ``command`` (a ``**values`` function) to the app with ``signature`` as its options
+    and ``examples`` in its help's epilog."""
+    command.__signature__ = signature
+    command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    app.command(epilog="Examples:\n\n" + "\n\n".join(f"  {e}" for e in examples))(command)
+
+
+_register(
+    run, _run_signature(),
+    "img2img run photo.jpg -p 'a watercolor painting' -o out.png",
+    "img2img run photos/ -r --style oil-painting -s 0.6 --seed 42 -o painted/",
+    "img2img run photo.jpg --model tiny --steps 8 --json",
+)
+
+
+def upscale(**values) -> None:
+    """Upscale each INPUT (files or folders) with a super-resolution network (ESRGAN family, loaded
+    with spandrel) or Lanczos, without diffusion: A1111's Extras tab."""
+    from .extras import UpscaleConfig
+
+    def core(config, **kwargs):
+        from .extras import run_upscale
+
+        return run_upscale(config, **kwargs)
+
+    _execute(values, UpscaleConfig.from_values, core)
+
+
+def _upscale_signature() -> inspect.Signature:
+    from .extras import UpscaleConfig
+
+    return _signature(cli_fields(UpscaleConfig))
+
+
+_register(
+    upscale, _upscale_signature(),
+    "img2img upscale photo.jpg --upscaler RealESRGAN_x4plus.safetensors -o big.png",
+    "img2img upscale photos/ -r --upscaler 4x-UltraSharp.pth -x 2 -o upscaled/",
+    "img2img upscale photo.jpg -x 2   (Lanczos, no network file)",
+)
 
 
 def _printer(json_out: bool):

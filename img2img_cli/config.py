@@ -84,6 +84,20 @@ def nested(cls) -> dataclasses.Field:
     return field(default_factory=cls, metadata={"nested": True})
 
 
+def option_like(cls, name: str, **changes) -> dataclasses.Field:
+    """A new field declaring the same option as field ``name`` of the options dataclass
+    ``cls`` (its default, flags and help), for another command's options: e.g.
+    ``option_like(RunConfig, "output")``. ``changes`` replace ``typer.Option`` keywords
+    (``help=...``) or, with ``default=``, the default."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    meta = {"cli": {**f.metadata["cli"], **{k: v for k, v in changes.items() if k != "default"}}}
+    if "default" in changes:
+        return field(default=changes["default"], metadata=meta)
+    if f.default_factory is not dataclasses.MISSING:
+        return field(default_factory=f.default_factory, metadata=meta)
+    return field(default=f.default, metadata=meta)
+
+
 def random_seed() -> int:
     """A fresh seed in ``[0, 2**32 - 1]`` from the OS's entropy source."""
     return secrets.randbelow(MAX_SEED + 1)

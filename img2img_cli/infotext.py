@@ -32,7 +32,7 @@ import json
 import re
 from collections.abc import Mapping
 
-__all__ = ["RE_PARAM_CODE", "format_infotext", "parse_infotext"]
+__all__ = ["RE_PARAM_CODE", "append_params", "format_infotext", "parse_infotext"]
 
 #: A1111's ``re_param_code`` (``modules/infotext_utils.py``), verbatim: one ``Key: value``
 #: pair of the parameters line. :func:`parse_infotext` does not run it (``re.findall`` with
@@ -185,6 +185,55 @@ def _split_infotext(text: str) -> tuple[str, str, list[tuple[str, str]]]:
     return "\n".join(prompt), "\n".join(negative), pairs
 
 
+def _format_params(params: Mapping[str, object]) -> tuple[list[str], int]:
+    """The ``Key: value`` texts of ``params`` as :func:`format_infotext` writes them, and how
+    many are pairs (bare keys and ``None`` values do not count).
+
+    Raises:
+        ValueError: a key A1111's parser cannot read back (see :func:`format_infotext`).
+    """
+    parts: list[str] = []
+    pairs = 0
+    for key, value in params.items():
+        if not isinstance(key, str) or _RE_KEY.fullmatch(key) is None:
+            raise ValueError(
+                f"infotext key {key!r}: must be 2 or more letters, digits, '_', ' ', '-' or '/', "
+                "starting with a letter, digit or '_'"
+            )
+        if key in _RESERVED_KEYS:
+            raise ValueError(f"infotext key {key!r} is reserved for the prompt")
+        if value is None:
+            continue
+        if isinstance(value, str) and key == value:  # A1111: `k if k == v else ...`
+            parts.append(key)
+            continue
+        parts.append(f"{key}: {_a1111_quote(str(value))}")
+        pairs += 1
+    return parts, pairs
+
+
+def append_params(text: str, params: Mapping[str, object]) -> str | None:
+    """``text`` with ``params`` added at the end of its parameters line, or ``None`` when
+    ``text`` has no parameters line (fewer than 3 ``Key: value`` pairs on its last line).
+
+    What A1111's Extras tab does to a generated image's parameters (``modules/postprocessing.py``
+    keeps the source's infotext and adds its own ``Postprocess ...`` keys): everything already
+    in ``text`` is kept byte for byte (trailing whitespace aside), so :func:`parse_infotext`
+    reads back the same prompt, negative prompt and parameters, plus ``params``; a key already
+    there takes the new value.
+
+    Raises:
+        TypeError: ``text`` is not a ``str``.
+        ValueError: a key of ``params`` A1111 cannot read back (see :func:`format_infotext`).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__}")
+    parts, _ = _format_params(params)
+    if not _split_infotext(text)[2]:
+        return None
+    return f"{text.rstrip()}, {', '.join(parts)}" if parts else text.rstrip()
+
+
 def format_infotext(prompt: str, negative_prompt: str | None, params: Mapping[str, object]) -> str:
     """The A1111 infotext for one image, as ``modules/processing.py: create_infotext`` writes it.
 
@@ -252,23 +301,7 @@ def format_infotext(prompt: str, negative_prompt: str | None, params: Mapping[st
         raise TypeError(f"params must be a mapping, not {type(params).__name__}")
     negative = negative_prompt or ""
 
-    parts: list[str] = []
-    pairs = 0
-    for key, value in params.items():
-        if not isinstance(key, str) or _RE_KEY.fullmatch(key) is None:
-            raise ValueError(
-                f"infotext key {key!r}: must be 2 or more letters, digits, '_', ' ', '-' or '/', "
-                "starting with a letter, digit or '_'"
-            )
-        if key in _RESERVED_KEYS:
-            raise ValueError(f"infotext key {key!r} is reserved for the prompt")
-        if value is None:
-            continue
-        if isinstance(value, str) and key == value:  # A1111: `k if k == v else ...`
-            parts.append(key)
-            continue
-        parts.append(f"{key}: {_a1111_quote(str(value))}")
-        pairs += 1
+    parts, pairs = _format_params(params)
     if pairs < _MIN_PARAMS:
         raise ValueError(
             f"infotext needs at least {_MIN_PARAMS} 'Key: value' parameters (A1111 reads a shorter "

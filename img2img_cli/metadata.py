@@ -30,9 +30,9 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from .infotext import RE_PARAM_CODE, format_infotext, parse_infotext
+from .infotext import RE_PARAM_CODE, append_params, format_infotext, parse_infotext
 
-__all__ = ["RE_PARAM_CODE", "format_infotext", "parse_infotext", "read_infotext", "write_image"]
+__all__ = ["RE_PARAM_CODE", "append_params", "format_infotext", "parse_infotext", "read_infotext", "write_image"]
 
 # EXIF / TIFF constants (EXIF 2.32, CIPA DC-008).
 _TAG_EXIF_IFD = 0x8769

@@ -62,3 +62,19 @@ class OutputPlan:
         if num_images == 1:
             return [self.folder / output_name(item.rel, self.fmt)]
         return [self.folder / output_name(item.rel, self.fmt, k) for k in range(num_images)]
+
+    def claim(self, item: InputItem, num_images: int, taken: set[Path], name: PurePath | None = None) -> list[Path]:
+        """:meth:`paths_for`, told apart from the paths already in ``taken`` (which it adds
+        them to): two inputs that would share an output name (``cat.jpg`` and ``cat.png``) get
+        their source extension (``cat.png``, ``cat-png.png``), then ``-2``, ``-3``..."""
+        paths = self.paths_for(item, num_images, name)
+        if any(p in taken for p in paths):
+            alt = InputItem(item.path, item.rel.with_name(f"{item.rel.stem}-{item.rel.suffix.lstrip('.').lower()}"))
+            paths = self.paths_for(alt, num_images, None)
+            k = 2
+            while any(p in taken for p in paths):
+                alt = InputItem(item.path, item.rel.with_name(f"{item.rel.stem}-{k}"))
+                paths = self.paths_for(alt, num_images, None)
+                k += 1
+        taken.update(paths)
+        return paths

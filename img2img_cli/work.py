@@ -151,16 +151,7 @@ def plan_work(
         if style is not None:
             prompt, negative = style.apply(prompt, negative)
         n = item_job.num_images
-        paths = plan.paths_for(item, n, row.output if row is not None else None)
-        if any(p in taken for p in paths):
-            alt = InputItem(item.path, item.rel.with_name(f"{item.rel.stem}-{item.rel.suffix.lstrip('.').lower()}"))
-            paths = plan.paths_for(alt, n, None)
-            k = 2
-            while any(p in taken for p in paths):
-                alt = InputItem(item.path, item.rel.with_name(f"{item.rel.stem}-{k}"))
-                paths = plan.paths_for(alt, n, None)
-                k += 1
-        taken.update(paths)
+        paths = plan.claim(item, n, taken, row.output if row is not None else None)
         base = item_job.seed if item_job.seed is not None else random_seed()
         w = WorkItem(i, item, item_job, prompt, negative, paths, base, mask=row.mask if row is not None else None)
         if mode is not None:
