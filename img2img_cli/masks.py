@@ -55,12 +55,13 @@ def _masks_in(folder: str, cache: dict) -> dict[str, str]:
     return found
 
 
-def find_mask(mask: Path, input_path: Path, rel: Path, cache: dict) -> Path:
+def find_mask(mask: Path, input_path: Path, rel: Path, cache: dict, what: str = "mask") -> Path:
     """The mask of one input: ``mask`` itself when it is a file; in a folder, the image with
     the input's stem (any image extension, as A1111's batch tab pairs them), looked for first
     in the subfolder matching the input's relative path, or the folder's only image. ``cache``
     keeps each folder's listing for the run (a dict the caller owns), so a folder of thousands
-    of masks is listed once.
+    of masks is listed once. ``what`` names the kind of file in the error (``"style image"``
+    for IP-Adapter's ``--style-image``, paired the same way).
 
     Raises:
         InputError: no mask for this input, naming it and the folder.
@@ -74,7 +75,7 @@ def find_mask(mask: Path, input_path: Path, rel: Path, cache: dict) -> Path:
     every = _masks_in(str(mask), cache)
     if len(every) == 1:
         return Path(next(iter(every.values())))
-    raise InputError(f"{display(input_path)}: no mask for it in {display(mask)} (expected an image named {input_path.stem}.*)")
+    raise InputError(f"{display(input_path)}: no {what} for it in {display(mask)} (expected an image named {input_path.stem}.*)")
 
 
 def blur(mask, sigma: int):
