@@ -153,6 +153,8 @@ def test_batch_of_four_equals_single_runs(tmp_path, adapter, photos, form):
     common = [*ARGS, "--size", "64x64", "--ip-adapter", adapter, "--style-image", style]
     r = invoke("run", photos, *common, "--batch-size", "4", "-o", tmp_path / "batch")
     assert r.exit_code == 0, r.stderr
+    # one style image: one call of 4; a folder of 4 distinct ones: a call per style image
+    assert f"first batch of {4 if form == 'file' else 1} " in r.stderr
     for p in photos.iterdir():
         r = invoke("run", p, *common, "--batch-size", "1", "-o", tmp_path / "single")
         assert r.exit_code == 0, r.stderr
@@ -199,7 +201,7 @@ def test_usage_errors_before_loading(tmp_path, adapter, scene):
         (["--ip-adapter", not_ipa, *style], "not an IP-Adapter file (no image_proj.* and ip_adapter.* tensors)"),
         (["--ip-adapter", tmp_path / "junk.safetensors", *style], "junk.safetensors: not a .safetensors file"),
         (["--ip-adapter", adapter, "--style-image", tmp_path / "nope.png"], f"--style-image {tmp_path / 'nope.png'}: no such file or folder"),
-        (["--ip-adapter", no_encoder, *style], f"--ip-adapter {no_encoder}: no image encoder: no {tmp_path / 'bare' / 'image_encoder'}/config.json; pass --image-encoder DIR"),
+        (["--ip-adapter", no_encoder, *style], f"--ip-adapter {no_encoder}: no image encoder: no {tmp_path / 'bare' / 'image_encoder' / 'config.json'}; pass --image-encoder DIR"),
         (["--ip-adapter", adapter, "--image-encoder", tmp_path, *style], f"--image-encoder {tmp_path}: no config.json in it"),
         (["--ip-adapter", f"{adapter}:3", *style], f"--ip-adapter {adapter}:3: the scale must be in [0, 2], got 3"),
         (["--ip-adapter", f"{adapter}:0.5", "--ip-adapter-scale", "0.7", *style], "and --ip-adapter-scale 0.7 contradict each other"),
@@ -250,3 +252,23 @@ def test_attach_reuses_the_loaded_pipeline_and_survives_controlnet_from_pipe(tmp
     cpipe = StableDiffusionControlNetImg2ImgPipeline.from_pipe(pipe, controlnet=cn)
     assert cpipe.image_encoder is pipe.image_encoder and cpipe.feature_extractor is pipe.feature_extractor
     assert cpipe.unet is pipe.unet and cpipe.unet.encoder_hid_proj is not None
+
+
+def test_a_lora_and_the_adapter_both_act(tmp_path, adapter, scene):
+    """LoRAs load after attach (peft layers beside the IP-Adapter processors): both change the picture."""
+    from .helpers.tiny_lora import save_kohya_lora, tiny_sd_lora_weights
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    save_kohya_lora(loras / "ink.safetensors", tiny_sd_lora_weights())
+    ipa = ["--ip-adapter", adapter, "--style-image", scene / "coffee.png"]
+    runs = {"both": ["-p", "a cat <lora:ink:1>", *ipa], "adapter": ["-p", "a cat", *ipa], "lora": ["-p", "a cat <lora:ink:1>"]}
+    out = {}
+    for name, flags in runs.items():
+        r = invoke("run", scene / "src.png", "--model", "tiny", "--steps", "4", "--seed", "2", "--lora-dir", loras, *flags,
+                   "-o", tmp_path / f"{name}.png")
+        assert r.exit_code == 0, (name, r.stderr)
+        out[name] = pixels(tmp_path / f"{name}.png")
+    assert np.abs(out["both"] - out["adapter"]).max() > 8 and np.abs(out["both"] - out["lora"]).max() > 8
+    text = read_infotext(tmp_path / "both.png")
+    assert "IP-Adapter: ip-adapter_tiny" in text and 'Lora hashes: "ink: ' in text

@@ -163,6 +163,7 @@ class IpAdapter(Mode):
         self._lock = threading.Lock()
         self._processor = None
         self._pixels: dict = {}  # style image path -> preprocessed pixels (1, 3, S, S)
+        self._config = None  # the run's config (configure), for batch_key
 
     def validate(self, config) -> None:
         """Files and flags, before any model loads.
@@ -196,7 +197,7 @@ class IpAdapter(Mode):
             if o.image_encoder is not None:
                 raise UsageError(f"--image-encoder {display(enc)}: no config.json in it (expected a CLIP image encoder folder)")
             raise UsageError(
-                f"{flag}: no image encoder: no {display(enc)}{'' if str(enc).endswith('/') else '/'}config.json; pass "
+                f"{flag}: no image encoder: no {display(enc / 'config.json')}; pass "
                 "--image-encoder DIR (h94/IP-Adapter: models/image_encoder/ for SD 1.5 and the _vit-h SDXL adapters, "
                 "sdxl_models/image_encoder/ for ip-adapter_sdxl)"
             )
@@ -279,13 +280,14 @@ class IpAdapter(Mode):
         return find_mask(style, item.input.path, item.input.rel, self._folders, what="style image")
 
     def configure(self, config) -> None:
+        """Keep the run's config: :meth:`batch_key` pairs each input with its style image."""
         self._config = config
 
     def batch_key(self, item) -> tuple:
         """``item``'s style image, when ``--style-image`` is a folder: one pipeline call's prompts
         share one (see the module's notes on batching). An input without one gets a key of its
         own; it fails alone in :meth:`extend`."""
-        config = getattr(self, "_config", None)
+        config = self._config
         if config is None or not config.options_of(self.name).style_image.is_dir():
             return ()
         try:
