@@ -272,3 +272,32 @@ def test_a_lora_and_the_adapter_both_act(tmp_path, adapter, scene):
     assert np.abs(out["both"] - out["adapter"]).max() > 8 and np.abs(out["both"] - out["lora"]).max() > 8
     text = read_infotext(tmp_path / "both.png")
     assert "IP-Adapter: ip-adapter_tiny" in text and 'Lora hashes: "ink: ' in text
+
+
+def test_sdxl_equals_diffusers_and_an_sd_adapter_is_refused(tmp_path, adapter, scene):
+    """The tiny SDXL (tests/helpers/tiny_sdxl.py, text conditioning 96 wide) with an adapter made
+    for its UNet equals diffusers' SDXL img2img with ip_adapter_image; the SD adapter is refused."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from .helpers.tiny_sdxl import save_tiny_sdxl
+
+    model = save_tiny_sdxl(tmp_path / "tiny-sdxl")
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(str(model), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    xl = build_tiny_ip_adapter(tmp_path / "sdxl_models", name="ip-adapter_tinyxl", unet=pipe.unet)
+    out = tmp_path / "out.png"
+    r = invoke("run", scene / "src.png", "--model", model, "--steps", "4", "--seed", "5", "-s", "0.8", "-g", "6", "-p", "a red ball",
+               "--ip-adapter", xl, "--style-image", scene / "coffee.png", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    args = dict(prompt="a red ball", image=Image.open(scene / "src.png").convert("RGB"), strength=0.8, num_inference_steps=4,
+                guidance_scale=6)
+    plain = pipe(**args, generator=torch.Generator("cpu").manual_seed(5)).images[0]
+    pipe.load_ip_adapter(str(xl.parent), subfolder="", weight_name=xl.name, local_files_only=True)
+    theirs = pipe(**args, generator=torch.Generator("cpu").manual_seed(5),
+                  ip_adapter_image=Image.open(scene / "coffee.png").convert("RGB")).images[0]
+    assert np.abs(pixels(out) - pixels(theirs)).max() <= 1
+    assert np.abs(pixels(out) - pixels(plain)).max() > 8
+    r = invoke("run", scene / "src.png", "--model", model, "--ip-adapter", adapter, "--style-image", scene / "coffee.png",
+               "-o", tmp_path / "sd.png")
+    assert r.exit_code == 2
+    assert f"--ip-adapter {adapter}: made for a model with 32-wide text conditioning; --model {model} has 96-wide" in r.stderr

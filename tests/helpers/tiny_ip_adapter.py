@@ -80,16 +80,16 @@ def save_image_encoder(folder: Path, *, projection_dim: int = 32, seed: int = 0)
     return Path(folder)
 
 
-def build_tiny_ip_adapter(folder: Path, *, name: str = "ip-adapter_tiny", cross_attention_dim: int | None = None,
+def build_tiny_ip_adapter(folder: Path, *, name: str = "ip-adapter_tiny", unet=None, cross_attention_dim: int | None = None,
                           encoder: bool = True, seed: int = 0) -> Path:
     """Write ``folder/<name>.safetensors`` (and, with ``encoder``, ``folder/image_encoder/``) for
-    the built-in tiny model; returns the adapter file."""
+    ``unet`` (default: the built-in tiny model's); returns the adapter file."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.safetensors"
-    save_file(ip_adapter_state_dict(tiny_unet(), cross_attention_dim=cross_attention_dim, seed=seed), str(path))
+    save_file(ip_adapter_state_dict(unet or tiny_unet(), cross_attention_dim=cross_attention_dim, seed=seed), str(path))
     if encoder:
         save_image_encoder(folder / "image_encoder", seed=seed)
     return path
