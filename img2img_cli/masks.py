@@ -60,7 +60,8 @@ def find_mask(mask: Path, input_path: Path, rel: Path, cache: dict, what: str = 
     the input's stem (any image extension, as A1111's batch tab pairs them), looked for first
     in the subfolder matching the input's relative path, or the folder's only image. ``cache``
     keeps each folder's listing for the run (a dict the caller owns), so a folder of thousands
-    of masks is listed once.
+    of masks is listed once. ``what`` names the kind of file in the error (``"style image"``
+    for IP-Adapter's ``--style-image``, paired the same way).
 
     Raises:
         InputError: no mask (``what``: "control image" for ControlNet maps) for this input,

@@ -124,6 +124,11 @@ class Mode:
         """Cross-flag checks of this mode's options (``config.options_of(self.name)``) against
         the whole :class:`~img2img_cli.config.RunConfig`. Raises :class:`UsageError`."""
 
+    def configure(self, config) -> None:
+        """Called once with the run's :class:`~img2img_cli.config.RunConfig` when the run's mode
+        is made (:func:`for_config`), before any hook, for a mode whose :meth:`batch_key` needs
+        its options (IP-Adapter: the style image paired with each input). Default: nothing."""
+
     def attach(self, pipe, config):
         """An add-on's change to the loaded pipeline, before LoRAs and the speed options:
         ControlNet returns its pipeline class made ``from_pipe(pipe, controlnet=...)`` (no
@@ -260,8 +265,12 @@ def stack(base: Mode, addons: list) -> Mode:
 
 
 def for_config(config) -> Mode:
-    """The mode of a built :class:`~img2img_cli.config.RunConfig` (its task mode and add-ons)."""
-    return stack(get(config.mode), [get(n) for n in config.addons])
+    """The mode of a built :class:`~img2img_cli.config.RunConfig` (its task mode and add-ons),
+    each given ``config`` (:meth:`Mode.configure`)."""
+    chosen = [get(config.mode), *(get(n) for n in config.addons)]
+    for m in chosen:
+        m.configure(config)
+    return stack(chosen[0], chosen[1:])
 
 
 def for_model(mode: Mode, index_class: str | None, model: str, config) -> Mode:
@@ -294,6 +303,7 @@ def for_model(mode: Mode, index_class: str | None, model: str, config) -> Mode:
     if base.name != next(iter(MODES)):
         flags = " or ".join(_flag(base.options, t) for t in _triggers(base)) if base.options else base.name
         raise UsageError(f"--model {model} is {_a(family)} model, which does not do {base.name} ({flags})")
+    claimed.configure(config)
     chosen = stack(claimed, addons)
     chosen.validate(config)
     return chosen
@@ -321,8 +331,14 @@ def _controlnet() -> Mode:
     return ControlNet()
 
 
+def _ip_adapter() -> Mode:
+    from .ip_adapter import IpAdapter
+
+    return IpAdapter()
+
+
 #: name -> factory of the registered modes; the first is the default.
-MODES = {"img2img": _img2img, "inpaint": _inpaint, "controlnet": _controlnet}
+MODES = {"img2img": _img2img, "inpaint": _inpaint, "controlnet": _controlnet, "ip-adapter": _ip_adapter}
 
 
 def get(name: str) -> Mode:
