@@ -159,7 +159,7 @@ def _call(pipe, requests: list[Request], text_call, callback, mode) -> list:
 
     def on_step_end(_pipe, step, _timestep, tensors):
         final["latents"] = tensors["latents"]
-        if text_call is not None:
+        if text_call is not None and text_call.edits:
             current = tensors.get("prompt_embeds")
             tensors.update(text_call.on_step(step + 1, _pipe.do_classifier_free_guidance, None if current is None else current.shape[0]))
         if callback is not None:
