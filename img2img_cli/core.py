@@ -133,6 +133,9 @@ def _run(config: RunConfig, mode, work: list[WorkItem], plots: list, emit, progr
     networks = plan_networks(config, work)
     spec = resolve_model(config.job.model, config.model_config)
     mode = modes.for_model(mode, spec.index_class, config.job.model, config)
+    if not mode.has_strength:  # instruction editing: every step runs, no strength to record
+        for w in work:
+            w.job = w.job.replace(strength=None)
     device = resolve_device(config.job.device)
     signing = None
     if config.c2pa_cert is not None:

@@ -27,7 +27,9 @@ class Request:
         prompt, negative_prompt: text; ``""`` for none.
         seed: in ``[0, 2**32 - 1]``; seeds a ``torch.Generator`` on the CPU, so the same seed
             gives the same noise on any device.
-        strength: in ``(0, 1]``; steps: ``>= 1``; guidance_scale: ``>= 0``.
+        strength: in ``(0, 1]``, or ``None`` for a mode without strength (instruction editing:
+            all ``steps`` run; its :meth:`~img2img_cli.modes.Mode.call_kwargs` drops the
+            argument); steps: ``>= 1``; guidance_scale: ``>= 0``.
         extras: the mode's extra per-image inputs (:meth:`img2img_cli.modes.Mode.prepare`:
             a mask, a control image), turned into pipeline arguments by
             :meth:`~img2img_cli.modes.Mode.call_kwargs`; empty for plain img2img.
@@ -40,7 +42,7 @@ class Request:
     prompt: str
     negative_prompt: str
     seed: int
-    strength: float
+    strength: float | None
     steps: int
     guidance_scale: float
     extras: dict = field(default_factory=dict)
@@ -157,8 +159,9 @@ def _call(pipe, requests: list[Request], text_call, callback, mode) -> list:
 
     def on_step_end(_pipe, step, _timestep, tensors):
         final["latents"] = tensors["latents"]
-        if text_call is not None:
-            tensors.update(text_call.on_step(step + 1, _pipe.do_classifier_free_guidance))
+        if text_call is not None and text_call.edits:
+            current = tensors.get("prompt_embeds")
+            tensors.update(text_call.on_step(step + 1, _pipe.do_classifier_free_guidance, None if current is None else current.shape[0]))
         if callback is not None:
             callback(step + 1, getattr(_pipe, "_num_timesteps", None))
         return tensors
@@ -189,9 +192,29 @@ def _call(pipe, requests: list[Request], text_call, callback, mode) -> list:
 
             kwargs.update(mode.call_kwargs(pipe, requests))
             kwargs = {k: v for k, v in kwargs.items() if v is not DROP}
+        _legacy_callback(pipe, kwargs, text_call)
         out = pipe(**kwargs)
         images = _redecode_non_finite(pipe, out.images, final.get("latents"))
     return to_pil(images)
+
+
+def _legacy_callback(pipe, kwargs: dict, text_call) -> None:
+    """For a diffusers pipeline without ``callback_on_step_end`` (``StableDiffusionXLInstructPix2PixPipeline``),
+    our per-step function as its ``callback(i, t, latents)`` instead (progress and the final
+    latents). That callback cannot replace the prompt embeddings, so prompt editing is refused.
+
+    Raises:
+        ValueError: the prompts switch during denoising (``[from:to:when]``, ``[a|b]``).
+    """
+    import inspect
+
+    if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:
+        return
+    if text_call is not None and text_call.edits:
+        raise ValueError(f"prompt editing ([from:to:when], [a|b]) needs callback_on_step_end, which {type(pipe).__name__} lacks")
+    on_step_end = kwargs.pop("callback_on_step_end")
+    kwargs.pop("callback_on_step_end_tensor_inputs")
+    kwargs.update(callback=lambda i, t, latents: on_step_end(pipe, i, t, {"latents": latents}), callback_steps=1)
 
 
 def _redecode_non_finite(pipe, images, latents):

@@ -28,7 +28,10 @@ def format_number(x: float) -> str:
 def infotext_params(job: Job, *, seed: int, size: tuple[int, int], sampler: str, model_name: str, extra: dict | None = None) -> dict:
     """The A1111 parameter line for one image (``modules/processing.py: create_infotext``):
     ``extra`` (a mode's fields, :meth:`~img2img_cli.modes.Mode.infotext`) goes after
-    ``Denoising strength`` and before ``Version``, where A1111 puts its scripts' fields."""
+    ``Denoising strength`` and before ``Version``, where A1111 puts its scripts' fields.
+    ``Denoising strength`` is left out when ``job.strength`` is ``None`` (a mode without one,
+    :attr:`~img2img_cli.modes.Mode.has_strength`: instruction editing)."""
+    strength = {"Denoising strength": format_number(job.strength)} if job.strength is not None else {}
     return {
         "Steps": job.steps,
         "Sampler": sampler,
@@ -36,7 +39,7 @@ def infotext_params(job: Job, *, seed: int, size: tuple[int, int], sampler: str,
         "Seed": seed,
         "Size": f"{size[0]}x{size[1]}",
         "Model": model_name,
-        "Denoising strength": format_number(job.strength),
+        **strength,
         **(extra or {}),
         "Version": f"img2img-cli {__version__}",
     }

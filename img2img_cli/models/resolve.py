@@ -46,6 +46,9 @@ SINGLE_FILE_CONFIGS = {
     "inpainting": "sd15-inpaint",
     "inpainting_v2": "sd2-inpaint",
     "xl_inpaint": "sdxl-inpaint",
+    # InstructPix2Pix: ``input_blocks.0.0.weight`` with 8 input channels (4 latent + 4 source
+    # latent); diffusers checks the SD 2.x and SDXL keys first, see _single_file_config.
+    "instruct-pix2pix": "sd15-pix2pix",
 }
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -99,7 +102,7 @@ def resolve_model(model: str, model_config: str | None = None) -> ModelSpec:
         model: ``tiny``, a folder, a ``.safetensors`` file or a hub repo id.
         model_config: for a single file, a shipped config name (``sd15``, ``sd2``,
             ``sd2-base``, ``sdxl``, ``sdxl-refiner``, ``sd15-inpaint``, ``sd2-inpaint``,
-            ``sdxl-inpaint``) or a local diffusers folder; by default
+            ``sdxl-inpaint``, ``sd15-pix2pix``) or a local diffusers folder; by default
             it is inferred from the checkpoint's keys (diffusers ``infer_diffusers_model_type``).
 
     Raises:
@@ -338,6 +341,10 @@ def _single_file_config(path: Path, model_config: str | None) -> Path:
         # diffusers answers 'v1' for anything it does not recognise: check a v1 key ourselves.
         if kind == "v1" and _V1_KEY not in ckpt:
             kind = "unknown"
+        elif kind in ("v2", "xl_base") and _in_channels(ckpt) == 8:
+            # diffusers calls any 8-channel file instruct-pix2pix only after its SD 2.x / SDXL
+            # checks: such a file is an SD 2.x or SDXL InstructPix2Pix, with no shipped config.
+            kind = f"{kind} instruct-pix2pix"
         elif kind == "v2" and not _sd2_is_v_prediction(ckpt):
             kind = "v2-base"
         elif kind == "inpainting" and any(k.startswith(_SGM_PREFIX) for k in ckpt.keys()):
@@ -349,7 +356,7 @@ def _single_file_config(path: Path, model_config: str | None) -> Path:
     if kind not in SINGLE_FILE_CONFIGS:
         raise ModelError(
             f"--model {path}: checkpoint type {kind!r} is not supported (SD 1.x, SD 2.x, SDXL, "
-            "and their inpainting versions); "
+            "their inpainting versions, SD 1.x instruct-pix2pix); "
             "pass --model-config with a diffusers folder that matches it"
         )
     return CONFIGS_DIR / SINGLE_FILE_CONFIGS[kind]
@@ -359,7 +366,14 @@ def _single_file_config(path: Path, model_config: str | None) -> Path:
 _V1_KEY = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
 #: Stability AI's generative-models (SDXL) layout keeps the text encoders under this prefix.
 _SGM_PREFIX = "conditioner."
+_CONV_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 _SD2_VPRED_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+
+
+def _in_channels(ckpt: "_LazyCheckpoint") -> int | None:
+    """The UNet's input channels (``conv_in``: 4 plain, 8 instruct-pix2pix, 9 inpainting)."""
+    w = ckpt.get(_CONV_IN_KEY)
+    return None if w is None else int(w.shape[1])
 
 
 def _sd2_is_v_prediction(ckpt: "_LazyCheckpoint") -> bool:

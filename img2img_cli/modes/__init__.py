@@ -49,6 +49,8 @@ FAMILIES: Mapping[str, str] = {
     "StableDiffusionXLPipeline": "stable-diffusion-xl",
     "StableDiffusionXLImg2ImgPipeline": "stable-diffusion-xl",
     "StableDiffusionXLInpaintPipeline": "stable-diffusion-xl",
+    "StableDiffusionInstructPix2PixPipeline": "instruct-pix2pix",
+    "StableDiffusionXLInstructPix2PixPipeline": "instruct-pix2pix-xl",
 }
 
 
@@ -92,8 +94,13 @@ class Mode:
         c2pa_action: the C2PA action recorded when signing: ``c2pa.created`` or ``c2pa.edited``.
         addon: ``True`` for an add-on (ControlNet, IP-Adapter) that stacks on the task mode
             instead of replacing it (see :class:`Stack`).
-        model_family: for a model mode, the model family (:data:`FAMILIES` value) that selects
-            it (``"instruct-pix2pix"``); such a mode has no trigger option.
+        model_family: for a model mode, the model family (:data:`FAMILIES` value), or a tuple
+            of them, that selects it (``"instruct-pix2pix"``); such a mode has no trigger option.
+        has_strength: ``False`` for a mode whose pipeline has no denoising strength
+            (instruction editing): the core then sets each job's ``strength`` to ``None``, so all
+            ``steps`` run (:func:`~img2img_cli.text.conditioning.steps_run`) and neither the
+            infotext (``Denoising strength``) nor the report claims one; the mode refuses
+            ``--strength`` itself and drops the pipeline argument (:data:`DROP`).
     """
 
     name: str = ""
@@ -104,7 +111,8 @@ class Mode:
     options: type | None = None
     trigger: str | None = None
     addon: bool = False
-    model_family: str | None = None
+    model_family: str | tuple[str, ...] | None = None
+    has_strength: bool = True
 
     def pipeline_class(self, index_class: str, model: str) -> str:
         """The diffusers class name to load for a model whose ``model_index.json`` names
@@ -212,6 +220,7 @@ class Stack(Mode):
         self.source_type, self.c2pa_action = base.source_type, base.c2pa_action
         self.pipelines, self.auto_class = base.pipelines, base.auto_class
         self.options, self.trigger, self.model_family = base.options, base.trigger, base.model_family
+        self.has_strength = base.has_strength
 
     def _all(self):
         return [self.base, *self.addons]
@@ -291,13 +300,13 @@ def for_model(mode: Mode, index_class: str | None, model: str, config) -> Mode:
         m = get(name)
         if m.model_family is None:
             continue
-        if m.model_family == family:
+        if family in _families(m):
             claimed = m
             continue
         if m.options is not None and config.options_of(m.name) != m.options():
             flag = next(_flag(m.options, f.name) for f in dataclasses.fields(m.options)
                         if getattr(config.options_of(m.name), f.name) != f.default)
-            raise UsageError(f"{flag} needs {_a(m.model_family)} model; --model {model} is {_a(family or 'other')} model")
+            raise UsageError(f"{flag} needs {_a(_families(m)[0])} model; --model {model} is {_a(family or 'other')} model")
     if claimed is None:
         return mode
     if base.name != next(iter(MODES)):
@@ -307,6 +316,11 @@ def for_model(mode: Mode, index_class: str | None, model: str, config) -> Mode:
     chosen = stack(claimed, addons)
     chosen.validate(config)
     return chosen
+
+
+def _families(mode: Mode) -> tuple[str, ...]:
+    f = mode.model_family
+    return () if f is None else (f,) if isinstance(f, str) else tuple(f)
 
 
 def _a(word: str) -> str:
@@ -337,8 +351,14 @@ def _ip_adapter() -> Mode:
     return IpAdapter()
 
 
+def _pix2pix() -> Mode:
+    from .pix2pix import Pix2Pix
+
+    return Pix2Pix()
+
+
 #: name -> factory of the registered modes; the first is the default.
-MODES = {"img2img": _img2img, "inpaint": _inpaint, "controlnet": _controlnet, "ip-adapter": _ip_adapter}
+MODES = {"img2img": _img2img, "inpaint": _inpaint, "controlnet": _controlnet, "ip-adapter": _ip_adapter, "pix2pix": _pix2pix}
 
 
 def get(name: str) -> Mode:

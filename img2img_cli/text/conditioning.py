@@ -18,9 +18,12 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 
-def steps_run(steps: int, strength: float) -> int:
+def steps_run(steps: int, strength: float | None) -> int:
     """The denoising steps an img2img call runs: ``min(int(steps * strength), steps)``
-    (diffusers ``StableDiffusionImg2ImgPipeline.get_timesteps``), at least 1."""
+    (diffusers ``StableDiffusionImg2ImgPipeline.get_timesteps``), at least 1; ``steps`` when
+    ``strength`` is ``None`` (a mode without strength: instruction editing runs them all)."""
+    if strength is None:
+        return steps
     return max(1, min(int(steps * strength), steps))
 
 
@@ -175,10 +178,13 @@ class Call:
             return []
         return ["prompt_embeds", "add_text_embeds"] if self.owner.sdxl else ["prompt_embeds"]
 
-    def on_step(self, i: int, guidance: bool) -> dict:
+    def on_step(self, i: int, guidance: bool, rows: int | None = None) -> dict:
         """Tensors to replace before step ``i`` (0-based) when a schedule switches there: the
         pipeline's concatenated ``prompt_embeds`` (``[negative, positive]`` under
-        classifier-free guidance, as diffusers concatenates them) and SDXL's ``add_text_embeds``."""
+        classifier-free guidance, as diffusers concatenates them; ``[positive, negative,
+        negative]`` when the pipeline's current ``prompt_embeds`` has ``rows`` = 3 x batch, the
+        InstructPix2Pix pipelines' text, image and unconditional branches) and SDXL's
+        ``add_text_embeds``."""
         import torch
 
         if not self.edits:
@@ -187,7 +193,13 @@ class Call:
         if key == self._current:
             return {}
         self._current = key
-        out = {"prompt_embeds": torch.cat([neg, pos]) if guidance else pos}
+
+        def join(p, n):
+            if rows == 3 * p.shape[0]:
+                return torch.cat([p, n, n])
+            return torch.cat([n, p]) if guidance else p
+
+        out = {"prompt_embeds": join(pos, neg)}
         if self.owner.sdxl:
-            out["add_text_embeds"] = torch.cat([neg_pooled, pooled]) if guidance else pooled
+            out["add_text_embeds"] = join(pooled, neg_pooled)
         return out

@@ -323,6 +323,7 @@ FAMILY_BASES: dict[str, frozenset[str]] = {
     "sd2-base": frozenset({"sd2"}),
     "sd2-inpaint": frozenset({"sd2"}),
     "sdxl-inpaint": frozenset({"sdxl"}),
+    "sd15-pix2pix": frozenset({"sd1"}),
 }
 
 
