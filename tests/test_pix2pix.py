@@ -18,6 +18,7 @@ from img2img_cli.metadata import parse_infotext, read_infotext
 from img2img_cli.models import CONFIGS_DIR, resolve_model
 
 from .conftest import EXAMPLES, cat_face
+from .helpers.tiny_controlnet import save_tiny_controlnet
 from .helpers.ldm_checkpoint import save_detection_checkpoint, save_original_checkpoint
 from .helpers.tiny_pix2pix import build_tiny_pix2pix, build_tiny_pix2pix_xl
 
@@ -137,7 +138,10 @@ def test_refusals(tmp_path, src, pix_dir):
     assert r.exit_code == 2 and "--image-guidance must be in [0, 100], got 101" in r.stderr
     r = invoke("run", src, "--model", pix_dir, *ARGS, "--x", "strength=0.5,1", "-o", tmp_path / "e")
     assert r.exit_code == 2 and "strength: an instruct-pix2pix model has no denoising strength" in r.stderr
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["mask.png", "src.png"]  # nothing written
+    cn = save_tiny_controlnet(tmp_path / "cn")
+    r = invoke("run", src, "--model", pix_dir, *ARGS, "--controlnet", cn, "-o", tmp_path / "f.png")
+    assert r.exit_code == 2 and "--controlnet: --model" in r.stderr and "is an instruct-pix2pix model, which has no controlnet pipeline" in r.stderr
+    assert sorted(p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".png") == ["mask.png", "src.png"]  # nothing written
 
 
 def test_jobs_file_strength_column_is_refused(tmp_path, src, pix_dir):

@@ -96,6 +96,8 @@ class Mode:
             instead of replacing it (see :class:`Stack`).
         model_family: for a model mode, the model family (:data:`FAMILIES` value), or a tuple
             of them, that selects it (``"instruct-pix2pix"``); such a mode has no trigger option.
+        bases: for an add-on, the task and model modes it works with (``("img2img",
+            "inpaint")``), or ``None`` for any; others are refused by :func:`for_model`.
         has_strength: ``False`` for a mode whose pipeline has no denoising strength
             (instruction editing): the core then sets each job's ``strength`` to ``None``, so all
             ``steps`` run (:func:`~img2img_cli.text.conditioning.steps_run`) and neither the
@@ -111,6 +113,7 @@ class Mode:
     options: type | None = None
     trigger: str | None = None
     addon: bool = False
+    bases: tuple | None = None
     model_family: str | tuple[str, ...] | None = None
     has_strength: bool = True
 
@@ -290,7 +293,8 @@ def for_model(mode: Mode, index_class: str | None, model: str, config) -> Mode:
     Raises:
         UsageError: a model mode's option is given for a model of another family (naming the
             flag and what it needs), or a trigger-selected task mode (``--mask``) is asked of a
-            model that only does its own mode.
+            model that only does its own mode, or an add-on that does not work with the
+            model's mode (:attr:`Mode.bases`).
     """
     family = FAMILIES.get(index_class or "")
     base = mode.base if isinstance(mode, Stack) else mode
@@ -312,6 +316,10 @@ def for_model(mode: Mode, index_class: str | None, model: str, config) -> Mode:
     if base.name != next(iter(MODES)):
         flags = " or ".join(_flag(base.options, t) for t in _triggers(base)) if base.options else base.name
         raise UsageError(f"--model {model} is {_a(family)} model, which does not do {base.name} ({flags})")
+    for a in addons:
+        if a.bases is not None and claimed.name not in a.bases:
+            trigger = _flag(a.options, _triggers(a)[0]) if a.options else a.name
+            raise UsageError(f"{trigger}: --model {model} is {_a(family)} model, which has no {a.name} pipeline")
     claimed.configure(config)
     chosen = stack(claimed, addons)
     chosen.validate(config)

@@ -344,6 +344,7 @@ class ControlNet(Mode):
     options = ControlNetOptions
     trigger = "controlnet"
     addon = True
+    bases = ("img2img", "inpaint")  # diffusers has no ControlNet InstructPix2Pix or x4 upscaler pipeline
 
     def __init__(self):
         self._folders: dict = {}  # control-image folder -> its images by stem, listed once per run
