@@ -133,6 +133,8 @@ def _run(config: RunConfig, mode, work: list[WorkItem], plots: list, emit, progr
     networks = plan_networks(config, work)
     spec = resolve_model(config.job.model, config.model_config)
     mode = modes.for_model(mode, spec.index_class, config.job.model, config)
+    if not mode.tiled and config.tiling != type(config.tiling)():
+        raise UsageError("--tile-size and --tile-overlap need --upscale (SD upscale) or an x4 upscaler model")
     device = resolve_device(config.job.device)
     signing = None
     if config.c2pa_cert is not None:

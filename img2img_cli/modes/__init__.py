@@ -49,6 +49,7 @@ FAMILIES: Mapping[str, str] = {
     "StableDiffusionXLPipeline": "stable-diffusion-xl",
     "StableDiffusionXLImg2ImgPipeline": "stable-diffusion-xl",
     "StableDiffusionXLInpaintPipeline": "stable-diffusion-xl",
+    "StableDiffusionUpscalePipeline": "x4-upscaler",
 }
 
 
@@ -94,6 +95,8 @@ class Mode:
             instead of replacing it (see :class:`Stack`).
         model_family: for a model mode, the model family (:data:`FAMILIES` value) that selects
             it (``"instruct-pix2pix"``); such a mode has no trigger option.
+        tiled: whether :meth:`tiles` may cut its work into tiles (``--tile-size`` and
+            ``--tile-overlap`` are refused for a mode that does not).
     """
 
     name: str = ""
@@ -105,6 +108,7 @@ class Mode:
     trigger: str | None = None
     addon: bool = False
     model_family: str | None = None
+    tiled: bool = False
 
     def pipeline_class(self, index_class: str, model: str) -> str:
         """The diffusers class name to load for a model whose ``model_index.json`` names
@@ -149,6 +153,30 @@ class Mode:
         """The size ``(width, height)`` of the picture the mode works on, from the source's
         (read from its header); the output size is derived from it. Outpainting grows it."""
         return source_size
+
+    def output_size(self, item, canvas: tuple[int, int], native: int, multiple: int, config) -> tuple[int, int]:
+        """The output size ``(width, height)`` from the canvas's (:meth:`canvas_size`), the
+        model's native resolution in pixels and the rounding ``multiple`` (8, or 64 with
+        ``--compile``): by default :func:`img2img_cli.io.target_size` (``--width``/``--height``,
+        else the longer side at ``native``). SD upscale multiplies the canvas instead, the x4
+        upscaler outputs 4 times its input. Raises :class:`~img2img_cli.errors.InputError`
+        to fail that input alone."""
+        from ..io import target_size
+
+        return target_size(canvas, native, item.job.width, item.job.height, multiple=multiple)
+
+    def tiles(self, item, native: int, config):
+        """``None`` (the default): each image is one pipeline call's input. A
+        :class:`~img2img_cli.tiles.Grid` (in the coordinates of :meth:`prepare`'s image, ``item.size``
+        known): each tile of that image is a unit of work of its own, batched like images, with
+        seed ``image seed + tile index``; the writer blends the results
+        (:func:`~img2img_cli.tiles.combine`) into one output, written only when every tile is
+        made (a failed tile fails the image). Runs once per item after the model loads.
+
+        Raises:
+            UsageError: the tile options do not fit the model (a run-level error).
+        """
+        return None
 
     def prepare(self, item, source, size: tuple[int, int], config) -> "Prepared":
         """The pipeline's input for ``item`` (a :class:`~img2img_cli.work.WorkItem`) and the
@@ -207,6 +235,7 @@ class Stack(Mode):
         self.source_type, self.c2pa_action = base.source_type, base.c2pa_action
         self.pipelines, self.auto_class = base.pipelines, base.auto_class
         self.options, self.trigger, self.model_family = base.options, base.trigger, base.model_family
+        self.tiled = base.tiled
 
     def _all(self):
         return [self.base, *self.addons]
@@ -228,6 +257,12 @@ class Stack(Mode):
 
     def canvas_size(self, item, source_size, config):
         return self.base.canvas_size(item, source_size, config)
+
+    def output_size(self, item, canvas, native, multiple, config):
+        return self.base.output_size(item, canvas, native, multiple, config)
+
+    def tiles(self, item, native, config):
+        return self.base.tiles(item, native, config)
 
     def prepare(self, item, source, size, config):
         prepared = self.base.prepare(item, source, size, config)
@@ -315,8 +350,20 @@ def _inpaint() -> Mode:
     return Inpaint()
 
 
+def _sdupscale() -> Mode:
+    from .sdupscale import SDUpscale
+
+    return SDUpscale()
+
+
+def _x4() -> Mode:
+    from .x4 import X4Upscale
+
+    return X4Upscale()
+
+
 #: name -> factory of the registered modes; the first is the default.
-MODES = {"img2img": _img2img, "inpaint": _inpaint}
+MODES = {"img2img": _img2img, "inpaint": _inpaint, "sdupscale": _sdupscale, "x4": _x4}
 
 
 def get(name: str) -> Mode:
