@@ -112,7 +112,7 @@ class SDUpscale(Img2Img):
             raise UsageError(f"--upscale must be in [1, {MAX_FACTOR:g}], got {o.upscale:g}")
         if o.upscaler.lower() != LANCZOS and not Path(o.upscaler).is_file():
             raise UsageError(f"--upscaler {o.upscaler}: no such file (lanczos, or an ESRGAN-family .safetensors/.pth file)")
-        if config.job.width or config.job.height:
+        if config.job.width or config.job.height or config.size:  # (--size is folded into the job after this check)
             raise UsageError("--upscale makes the input times FACTOR: --width/--height/--size do not apply (--tile-size sets the tile)")
         if config.addons:
             raise UsageError(f"--upscale does not combine with {', '.join(config.addons)} (its inputs are not cut into tiles)")

@@ -65,7 +65,10 @@ class X4Upscale(Mode):
             raise UsageError(f"--noise-level must be in [0, {MAX_NOISE_LEVEL}], got {n}")
         if "strength" in config.given:
             raise UsageError("--strength: an x4 upscaler model has no denoising strength (--noise-level sets how much it invents)")
-        for flag, value in (("--width", config.job.width), ("--height", config.job.height)):
+        from ..config import parse_size
+
+        width, height = parse_size(config.size) if config.size else (config.job.width, config.job.height)  # --size not folded yet
+        for flag, value in (("--width", width), ("--height", height)):
             if value and value % (8 * SCALE):
                 raise UsageError(f"{flag} {value}: an x4 upscaler's output is 4 times its input, so a multiple of 32 (try {value // 32 * 32 or 32})")
         if config.addons:
