@@ -49,7 +49,7 @@ FAMILIES: Mapping[str, str] = {
     "StableDiffusionXLPipeline": "stable-diffusion-xl",
     "StableDiffusionXLImg2ImgPipeline": "stable-diffusion-xl",
     "StableDiffusionXLInpaintPipeline": "stable-diffusion-xl",
-    "StableDiffusionUpscalePipeline": "x4-upscaler",
+    "StableDiffusionUpscalePipeline": "stable-diffusion-x4-upscaler",
 }
 
 

@@ -50,8 +50,8 @@ class X4Upscale(Mode):
     """An x4 upscaler model (``StableDiffusionUpscalePipeline``)."""
 
     name = "x4"
-    model_family = "x4-upscaler"
-    pipelines = {"x4-upscaler": "StableDiffusionUpscalePipeline"}
+    model_family = "stable-diffusion-x4-upscaler"
+    pipelines = {"stable-diffusion-x4-upscaler": "StableDiffusionUpscalePipeline"}
     options = X4Options
     tiled = True
     c2pa_action = "c2pa.edited"
