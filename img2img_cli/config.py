@@ -431,6 +431,47 @@ class PlotOptions:
 
 
 @dataclass(frozen=True)
+class TileOptions:
+    """How a tiled mode cuts its pictures (SD upscale, an x4 upscaler model's large inputs;
+    :mod:`img2img_cli.tiles`). Refused for other modes.
+
+    Attributes:
+        tile_size: ``WxH`` of a tile in the pipeline's input pixels (multiples of 8), or ``None``
+            for the model's native size (A1111's SD upscale takes the img2img width and height).
+        tile_overlap: pixels neighbouring tiles share, ``>= 0``, or ``None`` for the mode's
+            default (64 for SD upscale, A1111's; a quarter of the tile for x4).
+    """
+
+    tile_size: Optional[str] = option(
+        None, "--tile-size", show_default=False,
+        help="With --upscale or an x4 upscaler model: tile size WxH (default: the model's native size).",
+    )
+    tile_overlap: Optional[int] = option(
+        None, "--tile-overlap", show_default=False,
+        help="Pixels neighbouring tiles overlap and blend (default 64 for --upscale, as A1111; a quarter tile for x4).",
+    )
+
+    def tile(self) -> tuple[int, int] | None:
+        """``--tile-size`` as ``(width, height)``, or ``None``.
+
+        Raises:
+            UsageError: not ``WxH``, a side not a multiple of 8 or outside ``[8, MAX_SIDE]``, a
+                negative ``--tile-overlap``, or one not smaller than the tile.
+        """
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise UsageError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
+        if self.tile_size is None:
+            return None
+        w, h = parse_size(self.tile_size, "--tile-size")
+        for side in (w, h):
+            if side % 8 or not 8 <= side <= MAX_SIDE:
+                raise UsageError(f"--tile-size sides must be multiples of 8 in [8, {MAX_SIDE}], got {self.tile_size}")
+        if self.tile_overlap is not None and self.tile_overlap >= min(w, h):
+            raise UsageError(f"--tile-overlap {self.tile_overlap} must be smaller than the tile ({w}x{h})")
+        return w, h
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One ``img2img run``: its inputs, its :class:`Job`, how outputs are written and reported,
     its :class:`Speed` settings and its mode's options. Build it with :meth:`from_values`,
@@ -522,6 +563,7 @@ class RunConfig:
     speed: Speed = nested(Speed)
     text: PromptOptions = nested(PromptOptions)
     plot: PlotOptions = nested(PlotOptions)
+    tiling: TileOptions = nested(TileOptions)
     mode: str = "img2img"
     mode_options: object = None
     addons: tuple = ()
@@ -622,6 +664,7 @@ class RunConfig:
             raise UsageError("--styles-file needs --style NAME")
         job.validate()
         self.text.validate()
+        self.tiling.tile()
         axes = tuple(self.plot.axes())  # parsed once: a seed axis's -1 draws its seed here
         if axes and job.num_images > 1:
             raise UsageError("--x and --num-images contradict each other: a plot makes one image per cell (use a seed axis)")

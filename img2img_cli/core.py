@@ -133,6 +133,8 @@ def _run(config: RunConfig, mode, work: list[WorkItem], plots: list, emit, progr
     networks = plan_networks(config, work)
     spec = resolve_model(config.job.model, config.model_config)
     mode = modes.for_model(mode, spec.index_class, config.job.model, config)
+    if not mode.tiled and config.tiling != type(config.tiling)():
+        raise UsageError("--tile-size and --tile-overlap need --upscale (SD upscale) or an x4 upscaler model")
     if not mode.has_strength:  # instruction editing: every step runs, no strength to record
         for w in work:
             w.job = w.job.replace(strength=None)

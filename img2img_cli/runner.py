@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, OutputError
-from .io import EXTENSION_FORMATS, display, load_image, probe_size, target_size
+from .io import EXTENSION_FORMATS, display, load_image, probe_size
 from .provenance import software_agent, xmp_packet
 from .report import ReportFile, Summary, record
 from .work import Unit, WorkItem, infotext_params
@@ -118,6 +118,7 @@ class Runner:
         self._colour_fields = {k: True for k, on in (("Color correction", config.color_correction), ("Colorize", config.colorize)) if on}
         self._kept: dict[int, object] = {}  # prepared images of items with units in later batches
         self._unread: dict[int, int] = {}  # item index -> its units in batches not yet prepared
+        self._tiles: dict[tuple, dict] = {}  # (item index, k) -> its tiles made so far (writer thread)
 
     # -- bookkeeping (called in the writer thread, or the main thread after it is drained)
 
@@ -158,8 +159,9 @@ class Runner:
             if w.size is None:
                 continue
             for k in range(w.job.num_images):
-                u = Unit(w, k)
-                groups.setdefault(u.key(), []).append(u)
+                for part in range(w.parts):
+                    u = Unit(w, k, part)
+                    groups.setdefault(u.key(), []).append(u)
         batches = []
         for units in groups.values():
             for i in range(0, len(units), batch_size):
@@ -171,13 +173,17 @@ class Runner:
         """``(tensor, prepared)`` for one item, or the :class:`InputError` it raised: the
         mode's :class:`~img2img_cli.modes.Prepared` input (by default the source resized to the
         output size) and its image as a float32 tensor ``(3, H, W)`` in ``[0, 1]`` (pinned on
-        CUDA)."""
+        CUDA); for a tiled item no whole-image tensor (``None``): its tiles are cut per batch."""
         from .pipeline import to_tensor
 
         try:
             target = w.size if self.mode.scales_source(self.config) else None  # JPEG draft decoding
             src = load_image(w.input.path, max_pixels=self.config.max_pixels, background=self.config.background_rgb, target=target)
             prepared = self.mode.prepare(w, src, w.size, self.config)
+            if w.grid is not None:
+                if prepared.image.size != w.grid.size:
+                    raise RuntimeError(f"the mode prepared {prepared.image.size}, its tiles cover {w.grid.size}")
+                return None, prepared
             return to_tensor(prepared.image, pin=self.pin), prepared
         except InputError as e:
             return e
@@ -185,10 +191,13 @@ class Runner:
             return InputError(f"{display(w.input.path)}: cannot decode image ({short(e)})")
 
     def _prepare(self, batch: list[Unit]) -> dict[int, object]:
-        """Read the items of ``batch`` (reader thread): item index -> :meth:`_read`'s result.
-        An item whose ``-N`` images span several batches is read once: it is kept until the
-        batch that holds its last image."""
-        out: dict[int, object] = {}
+        """Read the items of ``batch`` (reader thread): item index -> :meth:`_read`'s result,
+        and ``(item index, tile)`` -> that tile's tensor for a tiled item. An item whose
+        ``-N`` images or tiles span several batches is read (and, say, enlarged) once: it is
+        kept until the batch that holds its last unit."""
+        from .pipeline import to_tensor
+
+        out: dict = {}
         for u in batch:
             index = u.item.index
             if index not in out:
@@ -196,10 +205,51 @@ class Runner:
                 out[index] = cached if cached is not None else self._read(u.item)
         for u in batch:
             self._unread[u.item.index] -= 1
-        for index in out:
+        for index in list(out):
             if self._unread[index] > 0:
                 self._kept[index] = out[index]
+        for u in batch:
+            read = out[u.item.index]
+            if u.item.grid is not None and not isinstance(read, InputError):
+                out[(u.item.index, u.part)] = to_tensor(read[1].image.crop(u.item.grid.boxes[u.part]), pin=self.pin)
         return out
+
+    def _collect(self, unit: Unit, image, error: str | None, seconds: float, prepared) -> None:
+        """One unit's result (writer thread): an image is saved (:meth:`_save`) or reported
+        failed at once; a tile waits for the other tiles of its image, which are then blended
+        (:func:`img2img_cli.tiles.combine`) and saved as one output. A failed tile fails its
+        image and nothing of it is written."""
+        w = unit.item
+        if w.grid is None:
+            if error is not None:
+                self._unit_done(unit, None, error, seconds)
+            else:
+                self._save(unit, image, seconds, prepared)
+            return
+        got = self._tiles.setdefault((w.index, unit.k), {"images": [None] * w.parts, "error": None, "seconds": 0.0, "n": 0})
+        got["n"] += 1
+        got["seconds"] += seconds
+        if error is not None and got["error"] is None:
+            got["error"], got["images"] = error, None  # the image fails: drop what it has
+        elif got["error"] is None:
+            got["images"][unit.part] = image
+        if got["n"] < w.parts:
+            if self.bar is not None:
+                self.bar.update(1)
+            return
+        del self._tiles[(w.index, unit.k)]
+        whole = Unit(w, unit.k)
+        if got["error"] is not None:
+            self._unit_done(whole, None, got["error"], got["seconds"])
+            return
+        from .tiles import combine
+
+        try:
+            combined = combine(w.grid, got["images"])
+        except Exception as e:
+            self._unit_done(whole, None, f"{display(w.input.path)}: cannot combine its tiles ({short(e)})", got["seconds"])
+            return
+        self._save(whole, combined, got["seconds"], prepared)
 
     def _save(self, unit: Unit, image, seconds: float, prepared) -> None:
         """Finish (the mode's :meth:`~img2img_cli.modes.Mode.finish`, then the colour steps)
@@ -267,6 +317,8 @@ class Runner:
         for u in batch:
             w = u.item
             image, ready = prepared[w.index]
+            if w.grid is not None:
+                image = prepared[(w.index, u.part)]
             prompt, negative = (w.text.prompt, w.text.negative) if w.text is not None else (w.prompt, w.negative_prompt)
             out.append(Request(
                 image, prompt, negative, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, ready.extras, w.loras, w.job.clip_skip,
@@ -312,7 +364,7 @@ class Runner:
         ready = []
         for u in batch:
             if isinstance(prepared[u.item.index], InputError):
-                writer.submit(self._unit_done, u, None, str(prepared[u.item.index]), 0.0)
+                writer.submit(self._collect, u, None, str(prepared[u.item.index]), 0.0, None)
             else:
                 ready.append(u)
         if not ready:
@@ -331,9 +383,9 @@ class Runner:
         for u, result in results:
             if isinstance(result, BaseException):
                 msg = f"{display(u.item.input.path)}: generation failed ({type(result).__name__}: {' '.join(str(result).split())})"
-                writer.submit(self._unit_done, u, None, msg, per)
+                writer.submit(self._collect, u, None, msg, per, None)
             else:
-                writer.submit(self._save, u, result, per, prepared[u.item.index][1])
+                writer.submit(self._collect, u, result, None, per, prepared[u.item.index][1])
         return len(ready)
 
     def _plan(self, native: int) -> list[list[Unit]]:
@@ -344,9 +396,11 @@ class Runner:
         for w in self.todo:
             try:
                 src = self.mode.canvas_size(w, probe_size(w.input.path, max_pixels=self.config.max_pixels), self.config)
-                w.size = target_size(src, native, w.job.width, w.job.height, multiple=multiple)
+                w.size = self.mode.output_size(w, src, native, multiple, self.config)
             except InputError as e:
                 self._fail_item(w, str(e))
+                continue
+            w.grid = self.mode.tiles(w, native, self.config)
         return self._batches(self.batch_size)
 
     def _loop(self, pipe, batches: list[list[Unit]]) -> None:

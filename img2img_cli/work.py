@@ -72,6 +72,8 @@ class WorkItem:
         mask: the jobs file's mask for this input (inpainting), or ``None``.
         text: its prompts as the encoder sees them and its LoRA set
             (:class:`~img2img_cli.text.networks.TextPlan`), set by the core's plan.
+        grid: its tiles (:class:`~img2img_cli.tiles.Grid`, from the mode's
+            :meth:`~img2img_cli.modes.Mode.tiles`), set by the runner's plan; ``None``: untiled.
     """
 
     index: int
@@ -87,6 +89,12 @@ class WorkItem:
     mode_key: tuple = ()
     mask: Path | None = None
     text: object = None
+    grid: object = None
+
+    @property
+    def parts(self) -> int:
+        """Pipeline inputs per image: its tiles, or 1."""
+        return len(self.grid) if self.grid is not None else 1
 
     @property
     def loras(self) -> tuple:
@@ -96,14 +104,18 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class Unit:
-    """One image to make: image ``k`` of ``item``."""
+    """One pipeline input: image ``k`` of ``item``, or its tile ``part`` when the item is
+    tiled (:attr:`WorkItem.grid`)."""
 
     item: WorkItem
     k: int
+    part: int = 0
 
     @property
     def seed(self) -> int:
-        return self.item.base_seed + self.k
+        """``base_seed + k``, plus the tile index for a tile (A1111's SD upscale at batch size 1:
+        each tile's seed one more than the last's)."""
+        return self.item.base_seed + self.k + self.part
 
     @property
     def dest(self) -> Path:
@@ -112,7 +124,8 @@ class Unit:
     def key(self) -> tuple:
         """Units with equal keys can share one pipeline call."""
         j = self.item.job
-        return (self.item.size, j.strength, j.steps, j.guidance_scale, not self.item.negative_prompt, self.item.mode_key, self.item.loras, j.clip_skip)
+        size = ("tile", self.item.grid.tile) if self.item.grid is not None else self.item.size
+        return (size, j.strength, j.steps, j.guidance_scale, not self.item.negative_prompt, self.item.mode_key, self.item.loras, j.clip_skip)
 
 
 def plan_work(

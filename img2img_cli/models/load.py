@@ -251,12 +251,23 @@ def _load(spec: ModelSpec, mode, dtype):
         index = read_json(Path(hf_hub_download(spec.source, "model_index.json", local_files_only=spec.cached)))
         if spec.cached:
             kwargs["local_files_only"] = True
-    if "safety_checker" in index:
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     # The mode's class for the family model_index.json names, as diffusers' auto pipelines
     # map it; importing just that class is ~1 s faster than importing the auto-pipeline tables.
     cls = getattr(diffusers, mode.pipeline_class(index.get("_class_name", ""), spec.source))
+    if "safety_checker" in index:
+        kwargs.update(_no_safety_checker(cls))
     return cls.from_pretrained(spec.source, **kwargs)
+
+
+def _no_safety_checker(cls) -> dict:
+    """The keyword arguments that load ``cls`` without its safety checker (``requires_safety_checker``
+    only where its ``__init__`` takes it: the x4 upscaler's does not)."""
+    import inspect
+
+    kwargs = dict(safety_checker=None, feature_extractor=None)
+    if "requires_safety_checker" in inspect.signature(cls.__init__).parameters:
+        kwargs["requires_safety_checker"] = False
+    return kwargs
 
 
 def _load_single_file(spec: ModelSpec, mode, dtype):
@@ -273,7 +284,7 @@ def _load_single_file(spec: ModelSpec, mode, dtype):
     if not (spec.config / "tokenizer_2").is_dir() and "tokenizer_2" in index and index["tokenizer_2"][0]:
         kwargs["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), pad_token="!")
     if "safety_checker" in index:
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        kwargs.update(_no_safety_checker(cls))
     return cls.from_single_file(spec.source, **kwargs)
 
 

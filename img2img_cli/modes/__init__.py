@@ -51,6 +51,7 @@ FAMILIES: Mapping[str, str] = {
     "StableDiffusionXLInpaintPipeline": "stable-diffusion-xl",
     "StableDiffusionInstructPix2PixPipeline": "instruct-pix2pix",
     "StableDiffusionXLInstructPix2PixPipeline": "instruct-pix2pix-xl",
+    "StableDiffusionUpscalePipeline": "stable-diffusion-x4-upscaler",
 }
 
 
@@ -103,6 +104,8 @@ class Mode:
             ``steps`` run (:func:`~img2img_cli.text.conditioning.steps_run`) and neither the
             infotext (``Denoising strength``) nor the report claims one; the mode refuses
             ``--strength`` itself and drops the pipeline argument (:data:`DROP`).
+        tiled: whether :meth:`tiles` may cut its work into tiles (``--tile-size`` and
+            ``--tile-overlap`` are refused for a mode that does not).
     """
 
     name: str = ""
@@ -116,6 +119,7 @@ class Mode:
     bases: tuple | None = None
     model_family: str | tuple[str, ...] | None = None
     has_strength: bool = True
+    tiled: bool = False
 
     def pipeline_class(self, index_class: str, model: str) -> str:
         """The diffusers class name to load for a model whose ``model_index.json`` names
@@ -165,6 +169,30 @@ class Mode:
         """The size ``(width, height)`` of the picture the mode works on, from the source's
         (read from its header); the output size is derived from it. Outpainting grows it."""
         return source_size
+
+    def output_size(self, item, canvas: tuple[int, int], native: int, multiple: int, config) -> tuple[int, int]:
+        """The output size ``(width, height)`` from the canvas's (:meth:`canvas_size`), the
+        model's native resolution in pixels and the rounding ``multiple`` (8, or 64 with
+        ``--compile``): by default :func:`img2img_cli.io.target_size` (``--width``/``--height``,
+        else the longer side at ``native``). SD upscale multiplies the canvas instead, the x4
+        upscaler outputs 4 times its input. Raises :class:`~img2img_cli.errors.InputError`
+        to fail that input alone."""
+        from ..io import target_size
+
+        return target_size(canvas, native, item.job.width, item.job.height, multiple=multiple)
+
+    def tiles(self, item, native: int, config):
+        """``None`` (the default): each image is one pipeline call's input. A
+        :class:`~img2img_cli.tiles.Grid` (in the coordinates of :meth:`prepare`'s image, ``item.size``
+        known): each tile of that image is a unit of work of its own, batched like images, with
+        seed ``image seed + tile index``; the writer blends the results
+        (:func:`~img2img_cli.tiles.combine`) into one output, written only when every tile is
+        made (a failed tile fails the image). Runs once per item after the model loads.
+
+        Raises:
+            UsageError: the tile options do not fit the model (a run-level error).
+        """
+        return None
 
     def prepare(self, item, source, size: tuple[int, int], config) -> "Prepared":
         """The pipeline's input for ``item`` (a :class:`~img2img_cli.work.WorkItem`) and the
@@ -224,6 +252,7 @@ class Stack(Mode):
         self.pipelines, self.auto_class = base.pipelines, base.auto_class
         self.options, self.trigger, self.model_family = base.options, base.trigger, base.model_family
         self.has_strength = base.has_strength
+        self.tiled = base.tiled
 
     def _all(self):
         return [self.base, *self.addons]
@@ -245,6 +274,12 @@ class Stack(Mode):
 
     def canvas_size(self, item, source_size, config):
         return self.base.canvas_size(item, source_size, config)
+
+    def output_size(self, item, canvas, native, multiple, config):
+        return self.base.output_size(item, canvas, native, multiple, config)
+
+    def tiles(self, item, native, config):
+        return self.base.tiles(item, native, config)
 
     def prepare(self, item, source, size, config):
         prepared = self.base.prepare(item, source, size, config)
@@ -365,8 +400,20 @@ def _pix2pix() -> Mode:
     return Pix2Pix()
 
 
+def _sdupscale() -> Mode:
+    from .sdupscale import SDUpscale
+
+    return SDUpscale()
+
+
+def _x4() -> Mode:
+    from .x4 import X4Upscale
+
+    return X4Upscale()
+
+
 #: name -> factory of the registered modes; the first is the default.
-MODES = {"img2img": _img2img, "inpaint": _inpaint, "controlnet": _controlnet, "ip-adapter": _ip_adapter, "pix2pix": _pix2pix}
+MODES = {"img2img": _img2img, "inpaint": _inpaint, "controlnet": _controlnet, "ip-adapter": _ip_adapter, "pix2pix": _pix2pix, "sdupscale": _sdupscale, "x4": _x4}
 
 
 def get(name: str) -> Mode:
