@@ -16,10 +16,10 @@ stabilityai's model; ``--tile-size``) are made in overlapping tiles, blended in 
 (:mod:`img2img_cli.tiles`, ``scale`` 4), tile ``k`` with seed ``+ k``; the infotext then records
 ``Tile size`` and ``Tile overlap`` (input pixels).
 
-The pipeline has no ``callback_on_step_end``: A1111 prompt editing (``[a:b:0.5]``) is not
-applied during its steps (the prompt is encoded once), and an image decoded with NaN is reported
-failed rather than decoded again in fp32 (the pipeline already upcasts its fp16 VAE,
-``force_upcast``).
+The pipeline has no ``callback_on_step_end``: :mod:`img2img_cli.pipeline` passes its per-step
+function as the older ``callback`` (progress, and the final latents for the fp32 re-decode of a
+NaN image), and A1111 prompt editing (``[a:b:0.5]``), which needs to switch the embeddings during
+the steps, fails that image with a message.
 """
 
 from __future__ import annotations
@@ -122,13 +122,8 @@ class X4Upscale(Mode):
         return ()
 
     def call_kwargs(self, pipe, requests):
-        """``noise_level``; no ``strength`` and no ``callback_on_step_end`` (the pipeline takes neither)."""
-        return {
-            "noise_level": requests[0].extras["noise_level"],
-            "strength": DROP,
-            "callback_on_step_end": DROP,
-            "callback_on_step_end_tensor_inputs": DROP,
-        }
+        """``noise_level``; no ``strength`` (the pipeline has none)."""
+        return {"noise_level": requests[0].extras["noise_level"], "strength": DROP}
 
     def infotext(self, item, config):
         """``Noise level`` (ours; no ``Denoising strength``), and the tiles when tiled."""
