@@ -117,6 +117,30 @@ def test_one_tile_equals_a_plain_run_on_the_enlarged_image(tmp_path, src):
     assert (pixels(tmp_path / "a.png") == pixels(tmp_path / "b.png")).all()
 
 
+def test_a_network_upscaler_enlarges_first(tmp_path, src):
+    """``--upscaler FILE``: the input is enlarged by the ESRGAN-family network (spandrel), once,
+    then img2img runs on it: with one tile, the result equals a plain run on the network's
+    output; the infotext names the network."""
+    from img2img_cli.upscalers import load_upscaler, upscale_image
+
+    from .helpers.tiny_upscaler import save_compact
+
+    net = save_compact(tmp_path / "tiny-x2.safetensors", scale=2, seed=3)
+    small = tmp_path / "small.png"
+    Image.open(src).convert("RGB").resize((32, 32), Image.LANCZOS).save(small)
+    big = tmp_path / "big.png"
+    upscale_image(load_upscaler(str(net)), Image.open(small).convert("RGB"), 2.0).save(big)
+    lanczos = Image.open(small).resize((64, 64), Image.LANCZOS)
+    assert np.abs(pixels(big) - pixels(lanczos)).max() > 8  # the network, not Lanczos, enlarged it
+    r = invoke("run", small, *ARGS, "--upscale", 2, "--upscaler", net, "-o", tmp_path / "a.png")
+    assert r.exit_code == 0, r.stderr
+    assert invoke("run", big, *ARGS, "-o", tmp_path / "b.png").exit_code == 0
+    assert np.abs(pixels(tmp_path / "a.png") - pixels(tmp_path / "b.png")).max() <= 1
+    assert parse_infotext(read_infotext(tmp_path / "a.png"))["SD upscale upscaler"] == "tiny-x2"
+    r = invoke("run", small, *ARGS, "--upscale", 2, "--upscaler", tmp_path / "nope.pth", "-o", tmp_path / "c.png")
+    assert r.exit_code == 2 and "--upscaler" in r.stderr and "nope.pth: no such file" in r.stderr
+
+
 def test_batch_size_does_not_change_a_tile(tmp_path, src):
     for b in (1, 4):
         r = invoke("run", src, *ARGS, "--upscale", 2, "--tile-overlap", 16, "-b", b, "-N", 2, "-o", tmp_path / f"b{b}")

@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import MAX_SIDE, option
-from ..errors import InputError, ModelError, UsageError
+from ..errors import InputError, UsageError
+from ..upscalers import LANCZOS, check_upscaler
 from .img2img import Img2Img
 
 #: A1111's SD upscale tile overlap default (its slider: 0-256, 64).
 DEFAULT_OVERLAP = 64
 #: The largest ``--upscale`` factor (A1111's slider goes to 4).
 MAX_FACTOR = 8.0
-LANCZOS = "lanczos"
 
 
 @dataclass(frozen=True)
@@ -68,16 +68,14 @@ def lanczos(image, size: tuple[int, int], factor: float):
 
 
 def load_network(path: str, device: str, dtype: str):
-    """Load an ESRGAN-family network file for ``--upscaler`` (wired to
-    :mod:`img2img_cli.upscalers`' ``load_upscaler``).
+    """Load an ESRGAN-family network file for ``--upscaler``
+    (:func:`img2img_cli.upscalers.load_upscaler`, spandrel).
 
     Raises:
         ModelError: naming the file, when it cannot be loaded.
     """
-    try:
-        from ..upscalers import load_upscaler
-    except ImportError:
-        raise ModelError(f"--upscaler {path}: network upscalers need img2img_cli.upscalers, which this build lacks") from None
+    from ..upscalers import load_upscaler
+
     return load_upscaler(path, device=device, dtype=dtype)
 
 
@@ -110,8 +108,7 @@ class SDUpscale(Img2Img):
         o = config.options_of(self.name)
         if not 1 <= o.upscale <= MAX_FACTOR:
             raise UsageError(f"--upscale must be in [1, {MAX_FACTOR:g}], got {o.upscale:g}")
-        if o.upscaler.lower() != LANCZOS and not Path(o.upscaler).is_file():
-            raise UsageError(f"--upscaler {o.upscaler}: no such file (lanczos, or an ESRGAN-family .safetensors/.pth file)")
+        check_upscaler(o.upscaler)
         if config.job.width or config.job.height or config.size:  # (--size is folded into the job after this check)
             raise UsageError("--upscale makes the input times FACTOR: --width/--height/--size do not apply (--tile-size sets the tile)")
         if config.addons:
