@@ -161,8 +161,11 @@ def test_the_shipped_config_is_what_diffusers_derives_from_the_original_yaml():
     original checkpoint's keys convert to exactly these models' keys and shapes); 473.40M UNet
     parameters, 55.33M VAE."""
     files, models = _build_script().derive()
+    def values(config):  # the writing version aside
+        return {k: v for k, v in config.items() if k != "_diffusers_version"}
+
     for name, data in files.items():
-        assert json.loads((X4_CONFIG / name).read_text()) == data, name
+        assert values(json.loads((X4_CONFIG / name).read_text())) == values(data), name
     assert sorted(str(p.relative_to(X4_CONFIG)) for p in X4_CONFIG.rglob("*.json")) == sorted(files)
     counts = {k: round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for k, m in models.items()}
     assert counts == {"UNet": 473.40, "VAE": 55.33}
