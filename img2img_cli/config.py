@@ -501,7 +501,7 @@ class RunConfig:
     job: Job = nested(Job)
     model_config: Optional[str] = option(
         None, "--model-config", show_default=False,
-        help="For a .safetensors file: sd15, sd2, sd2-base, sdxl, sdxl-refiner, sd15-inpaint, sd2-inpaint, sdxl-inpaint, sd15-pix2pix or a diffusers folder (default: inferred).",
+        help="For a .safetensors file: sd15, sd2, sd2-base, sdxl, sdxl-refiner, sd15-inpaint, sd2-inpaint, sdxl-inpaint, sd15-pix2pix, x4-upscaler or a diffusers folder (default: inferred).",
     )
     size: Optional[str] = option(None, "--size", show_default=False, help="Output size WxH, e.g. 512x768.")
     output: Optional[Path] = option(

@@ -277,9 +277,10 @@ def _load_single_file(spec: ModelSpec, mode, dtype):
     index = read_json(spec.config / "model_index.json")
     cls = getattr(diffusers, mode.pipeline_class(index.get("_class_name", "StableDiffusionPipeline"), spec.source))
     kwargs: dict = {"config": str(spec.config), "local_files_only": True, "dtype": dtype}
-    # Tokenizers ship once, in models/clip_tokenizer/; SD 2.x and SDXL's second tokenizer pad with "!".
+    # Tokenizers ship once, in models/clip_tokenizer/; the OpenCLIP ones (SD 2.x, the x4 upscaler,
+    # SDXL's second tokenizer) pad with "!".
     if not (spec.config / "tokenizer").is_dir() and "tokenizer" in index and index["tokenizer"][0]:
-        pad = "!" if spec.config.name.startswith("sd2") else "<|endoftext|>"
+        pad = "!" if spec.config.name.startswith(("sd2", "x4-upscaler")) else "<|endoftext|>"
         kwargs["tokenizer"] = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), pad_token=pad)
     if not (spec.config / "tokenizer_2").is_dir() and "tokenizer_2" in index and index["tokenizer_2"][0]:
         kwargs["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), pad_token="!")

@@ -6,7 +6,7 @@
    (loaded through the same code path as any local folder);
 2. a local diffusers folder (it has a ``model_index.json``);
 3. a single-file ``.safetensors`` checkpoint (A1111 / ComfyUI layout, SD 1.x, SD 2.x,
-   SDXL), loaded with diffusers' ``from_single_file`` against the configs shipped in
+   SDXL, and stabilityai's x4 upscaler), loaded with diffusers' ``from_single_file`` against the configs shipped in
    ``img2img_cli/models/configs/`` and the CLIP tokenizer in ``models/clip_tokenizer/``,
    so no network call is made;
 4. a Hugging Face hub repo id (``owner/name``), through the user's Hugging Face cache: a
@@ -49,6 +49,10 @@ SINGLE_FILE_CONFIGS = {
     # InstructPix2Pix: ``input_blocks.0.0.weight`` with 8 input channels (4 latent + 4 source
     # latent); diffusers checks the SD 2.x and SDXL keys first, see _single_file_config.
     "instruct-pix2pix": "sd15-pix2pix",
+    # stabilityai's x4 upscaler (``x4-upscaler-ema.safetensors``): diffusers tells it by its
+    # ``input_blocks.10.0.skip_connection`` (256 -> 512 -> 512 -> 1024 channels); its UNet takes 7
+    # input channels (4 latent + the 3-channel low-resolution image), checked in _single_file_config.
+    "upscale": "x4-upscaler",
 }
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -102,7 +106,7 @@ def resolve_model(model: str, model_config: str | None = None) -> ModelSpec:
         model: ``tiny``, a folder, a ``.safetensors`` file or a hub repo id.
         model_config: for a single file, a shipped config name (``sd15``, ``sd2``,
             ``sd2-base``, ``sdxl``, ``sdxl-refiner``, ``sd15-inpaint``, ``sd2-inpaint``,
-            ``sdxl-inpaint``, ``sd15-pix2pix``) or a local diffusers folder; by default
+            ``sdxl-inpaint``, ``sd15-pix2pix``, ``x4-upscaler``) or a local diffusers folder; by default
             it is inferred from the checkpoint's keys (diffusers ``infer_diffusers_model_type``).
 
     Raises:
@@ -351,12 +355,14 @@ def _single_file_config(path: Path, model_config: str | None) -> Path:
             # diffusers' fallback for a 9-channel UNet that is neither SD 2.x nor SDXL base: an
             # SGM-layout file (``conditioner.``, e.g. a refiner-like model) is not SD 1.x.
             kind = "unknown"
+        elif kind == "upscale" and _in_channels(ckpt) != 7:
+            kind = f"upscale with {_in_channels(ckpt)} input channels"
     except Exception as e:
         raise ModelError(f"--model {path}: cannot read checkpoint ({' '.join(str(e).split())})") from None
     if kind not in SINGLE_FILE_CONFIGS:
         raise ModelError(
             f"--model {path}: checkpoint type {kind!r} is not supported (SD 1.x, SD 2.x, SDXL, "
-            "their inpainting versions, SD 1.x instruct-pix2pix); "
+            "their inpainting versions, SD 1.x instruct-pix2pix, the x4 upscaler); "
             "pass --model-config with a diffusers folder that matches it"
         )
     return CONFIGS_DIR / SINGLE_FILE_CONFIGS[kind]
