@@ -223,11 +223,6 @@ class Job:
             raise UsageError(
                 f"--steps must be at most {MAX_STEPS} (the schedulers have 1000 training timesteps), got {self.steps}"
             )
-        if int(self.steps * self.strength) < 1:
-            raise UsageError(
-                f"--steps {self.steps} with --strength {self.strength} runs no denoising step "
-                f"(int(steps * strength) = 0); raise --steps or --strength"
-            )
         if not (self.guidance_scale >= 0.0) or self.guidance_scale > 100:
             raise UsageError(f"--guidance must be in [0, 100], got {self.guidance_scale}")
         if self.seed is not None and not (0 <= self.seed <= MAX_SEED):
@@ -258,11 +253,23 @@ class Job:
             canonical_name(self.scheduler)  # raises UsageError naming --scheduler
         if not self.model:
             raise UsageError("--model must not be empty")
+        if int(self.steps * self.strength) < 1:  # last: RunConfig.validate may defer it (NoDenoisingStep)
+            raise NoDenoisingStep(
+                f"--steps {self.steps} with --strength {self.strength} runs no denoising step "
+                f"(int(steps * strength) = 0); raise --steps or --strength"
+            )
         return self
 
     def seed_for(self, base_seed: int, k: int) -> int:
         """Seed of image ``k`` (0-based) of ``--num-images``: ``base_seed + k``."""
         return base_seed + k
+
+
+class NoDenoisingStep(UsageError):
+    """``int(steps * strength) < 1``: no denoising step would run (diffusers' img2img
+    ``get_timesteps``). The last check of :meth:`Job.validate`; :meth:`RunConfig.validate`
+    defers it to the core (:attr:`RunConfig.steps_error`), which raises it once the model is
+    known to have a strength (an InstructPix2Pix or x4 upscaler model runs every step)."""
 
 
 def _one_of(flag: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -491,6 +498,8 @@ class RunConfig:
         mode_values: ``(name, options)`` of every registered mode with options (read them
             with :meth:`options_of`).
         given: the names of the options given explicitly (see :meth:`from_values`).
+        steps_error: the message of :class:`NoDenoisingStep` for the run's job, or ``""``:
+            raised by the core unless the model's mode has no strength.
         axes: the X/Y/Z plot's parsed axes (:class:`img2img_cli.plot.axes.Axis`), set by
             :meth:`validate`; ``()`` without ``--x``.
     """
@@ -569,6 +578,7 @@ class RunConfig:
     addons: tuple = ()
     mode_values: tuple = ()
     given: frozenset = frozenset()
+    steps_error: str = ""
     axes: tuple = ()
 
     def options_of(self, mode: str):
@@ -662,7 +672,11 @@ class RunConfig:
             raise UsageError("--color-correction and --colorize contradict each other; pass one")
         if self.styles_file is not None and not self.style:
             raise UsageError("--styles-file needs --style NAME")
-        job.validate()
+        try:
+            job.validate()
+            steps_error = ""
+        except NoDenoisingStep as e:  # an error unless the model has no strength: known later
+            steps_error = str(e)
         self.text.validate()
         self.tiling.tile()
         axes = tuple(self.plot.axes())  # parsed once: a seed axis's -1 draws its seed here
@@ -675,7 +689,7 @@ class RunConfig:
         from . import modes
 
         modes.for_config(self).validate(self)
-        return dataclasses.replace(self, job=job, axes=axes)
+        return dataclasses.replace(self, job=job, axes=axes, steps_error=steps_error)
 
 
 def cli_fields(cls) -> list[tuple[str, object, object, dict]]:

@@ -9,29 +9,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from typer.testing import CliRunner
 
-from img2img_cli.cli import app
 from img2img_cli.io import resize_image
 from img2img_cli.metadata import read_infotext
 from img2img_cli.models import TINY_DIR
 from img2img_cli.modes import controlnet as cn
 
 from .conftest import EXAMPLES, cat_face
+from .helpers.cli import invoke, pixels
 from .helpers.tiny_controlnet import build_tiny_controlnet, save_original_controlnet
 
-runner = CliRunner()
 STEPS, SEED, STRENGTH, CFG = 4, 5, 0.8, 6.0
 ARGS = ["--model", "tiny", "--steps", STEPS, "--seed", SEED, "-s", STRENGTH, "-g", CFG, "-p", "a red ball", "-n", "blurry"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def pixels(path_or_image) -> np.ndarray:
-    im = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
-    return np.asarray(im.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")

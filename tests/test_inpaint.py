@@ -8,27 +8,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from typer.testing import CliRunner
 
-from img2img_cli.cli import app
 from img2img_cli.io import resize_image
 from img2img_cli.metadata import parse_infotext, read_infotext
 from img2img_cli.models import TINY_DIR
 
 from .conftest import EXAMPLES
+from .helpers.cli import invoke, pixels
 from .helpers.tiny_inpaint import build_tiny_inpaint
 
-runner = CliRunner()
 ARGS = ["--steps", "6", "--seed", "5", "-s", "0.8", "-g", "6", "-p", "a red ball", "-n", "blurry"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def pixels(path_or_image) -> np.ndarray:
-    im = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
-    return np.asarray(im.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")

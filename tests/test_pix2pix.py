@@ -10,30 +10,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from img2img_cli.cli import app
 from img2img_cli.errors import ModelError
 from img2img_cli.metadata import parse_infotext, read_infotext
 from img2img_cli.models import CONFIGS_DIR, resolve_model
 
-from .conftest import EXAMPLES, cat_face
+from .conftest import EXAMPLES
+from .helpers.cli import invoke, pixels
 from .helpers.tiny_controlnet import save_tiny_controlnet
 from .helpers.ldm_checkpoint import save_detection_checkpoint, save_original_checkpoint
 from .helpers.tiny_pix2pix import build_tiny_pix2pix, build_tiny_pix2pix_xl
 
-runner = CliRunner()
 INSTRUCTION = "make it winter"
 ARGS = ["--steps", "4", "--seed", "5", "-g", "6", "-p", INSTRUCTION]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def pixels(path_or_image) -> np.ndarray:
-    im = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
-    return np.asarray(im.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +212,16 @@ def test_sdxl_pix2pix_equals_diffusers(tmp_path, src):
     assert "Image CFG scale: 2, Version" in read_infotext(out)
     r = invoke("run", src, "--model", folder, *ARGS, "-p", "[make it winter:a red ball:2]", "-o", tmp_path / "e.png")
     assert r.exit_code == 1 and "prompt editing ([from:to:when], [a|b]) needs callback_on_step_end" in r.stderr
+
+
+def test_one_step_runs_with_no_strength_and_is_refused_with_one(tmp_path, src, pix_dir):
+    """``int(steps * strength) < 1`` is an error only for a model with a strength: an
+    InstructPix2Pix model runs every step, so ``--steps 1`` makes an image; the plain model at
+    ``--steps 1`` (default strength 0.75) is refused before it loads, naming both flags."""
+    r = invoke("run", src, "--model", pix_dir, "--steps", "1", "--seed", "5", "-p", INSTRUCTION, "-o", tmp_path / "a.png")
+    assert r.exit_code == 0, r.stderr
+    assert "Steps: 1," in read_infotext(tmp_path / "a.png")
+    r = invoke("run", src, "--model", "tiny", "--steps", "1", "-o", tmp_path / "b.png")
+    assert r.exit_code == 2
+    assert "--steps 1 with --strength 0.75 runs no denoising step (int(steps * strength) = 0)" in r.stderr
+    assert not (tmp_path / "b.png").exists()

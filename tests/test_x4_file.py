@@ -11,30 +11,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from img2img_cli.cli import app
 from img2img_cli.errors import ModelError
 from img2img_cli.metadata import parse_infotext, read_infotext
 from img2img_cli.models import CONFIGS_DIR, resolve_model
 
 from .conftest import EXAMPLES
+from .helpers.cli import invoke, pixels
 from .helpers.tiny_x4 import build_tiny_x4
 from .helpers.x4_checkpoint import save_x4_checkpoint, save_x4_detection_checkpoint
 
-runner = CliRunner()
 ARGS = ["--steps", "3", "--seed", "11", "-g", "6", "-p", "a red ball", "-n", "blurry"]
 X4_CONFIG = CONFIGS_DIR / "x4-upscaler"
 ROOT = CONFIGS_DIR.parents[2]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def pixels(path_or_image) -> np.ndarray:
-    im = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
-    return np.asarray(im.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")
