@@ -135,8 +135,9 @@ def _run(config: RunConfig, mode, work: list[WorkItem], plots: list, emit, progr
     mode = modes.for_model(mode, spec.index_class, config.job.model, config)
     if not mode.tiled and config.tiling != type(config.tiling)():
         raise UsageError("--tile-size and --tile-overlap need --upscale (SD upscale) or an x4 upscaler model")
-    if mode.has_strength and config.steps_error:
-        raise UsageError(config.steps_error)
+    steps_error = config.steps_error or next((w.steps_error for w in work if w.steps_error), "")
+    if mode.has_strength and steps_error:  # deferred NoDenoisingStep: the command line's, a jobs row's, a plot cell's
+        raise UsageError(steps_error)
     if not mode.has_strength:  # instruction editing: every step runs, no strength to record
         for w in work:
             w.job = w.job.replace(strength=None)

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from .config import Job
+from .config import Job, NoDenoisingStep
 from .errors import UsageError
 from .io import display
 
@@ -56,6 +56,7 @@ class JobRow:
     output: PurePath | None = None
     line: int = 0
     mask: Path | None = None
+    steps_error: str = ""
 
 
 def safe_relative(name: str, where: str) -> PurePath:
@@ -108,11 +109,14 @@ def _row(raw: dict, where: str, base: Path, job: Job) -> JobRow:
         mask = Path(mask) if Path(mask).is_absolute() else base / mask
         if not mask.is_file():
             raise UsageError(f"{where}: mask {display(mask)}: no such file")
+    steps_error = ""
     try:
         job.replace(**values).validate()
+    except NoDenoisingStep as e:  # an error unless the model has no strength: the core decides
+        steps_error = f"{where}: {e}"
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
-    return JobRow(path, values, out, mask=mask)
+    return JobRow(path, values, out, mask=mask, steps_error=steps_error)
 
 
 def load_jobs(path: Path, job: Job) -> list[JobRow]:
@@ -186,7 +190,7 @@ def _csv_rows(path: Path, job: Job) -> list[JobRow]:
                     if len(cells) > len(header):
                         raw[None] = cells[len(header) :]
                     r = _row(raw, where, base, job)
-                    rows.append(JobRow(r.input, r.overrides, r.output, start, r.mask))
+                    rows.append(JobRow(r.input, r.overrides, r.output, start, r.mask, r.steps_error))
             except csv.Error as e:
                 raise UsageError(f"--jobs {display(path)} line {start}: {_csv_error(e, start, reader.line_num)}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -221,5 +225,5 @@ def _jsonl_rows(path: Path, job: Job) -> list[JobRow]:
         if not isinstance(raw, dict):
             raise UsageError(f"{where}: expected a JSON object")
         r = _row(raw, where, base, job)
-        rows.append(JobRow(r.input, r.overrides, r.output, line, r.mask))
+        rows.append(JobRow(r.input, r.overrides, r.output, line, r.mask, r.steps_error))
     return rows

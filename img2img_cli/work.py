@@ -74,6 +74,9 @@ class WorkItem:
             (:class:`~img2img_cli.text.networks.TextPlan`), set by the core's plan.
         grid: its tiles (:class:`~img2img_cli.tiles.Grid`, from the mode's
             :meth:`~img2img_cli.modes.Mode.tiles`), set by the runner's plan; ``None``: untiled.
+        steps_error: for a job whose ``int(steps * strength)`` is 0 (a jobs row, a plot cell),
+            the :class:`~img2img_cli.config.NoDenoisingStep` message naming the line or cell,
+            raised by the core unless the model's mode has no strength; ``""`` otherwise.
     """
 
     index: int
@@ -90,6 +93,7 @@ class WorkItem:
     mask: Path | None = None
     text: object = None
     grid: object = None
+    steps_error: str = ""
 
     @property
     def parts(self) -> int:
@@ -169,7 +173,8 @@ def plan_work(
         n = item_job.num_images
         paths = plan.claim(item, n, taken, row.output if row is not None else None)
         base = item_job.seed if item_job.seed is not None else random_seed()
-        w = WorkItem(i, item, item_job, prompt, negative, paths, base, mask=row.mask if row is not None else None)
+        w = WorkItem(i, item, item_job, prompt, negative, paths, base, mask=row.mask if row is not None else None,
+                     steps_error=row.steps_error if row is not None else "")
         if mode is not None:
             w.mode_key = mode.batch_key(w)
         work.append(w)

@@ -231,6 +231,26 @@ def test_with_a_mask_equals_controlnet_inpainting_with_the_overlay(tmp_path, net
     assert r.exit_code == 2 and "--masked-content latent-noise does not work with --controlnet" in r.stderr
 
 
+def test_masked_content_fill_feeds_the_pipeline_not_the_preprocessor(tmp_path, nets, src):
+    """--masked-content fill changes the pipeline's input only: canny runs on the unfilled source
+    (sd-webui-controlnet preprocesses A1111's init image, which the fill does not touch), so the
+    edges inside the mask still guide the repaint."""
+    from img2img_cli.masks import fill
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).ellipse((16, 12, 48, 44), fill=255)
+    mask.save(tmp_path / "mask.png")
+    filled = tmp_path / "filled.png"
+    fill(Image.open(src).convert("RGB"), mask).save(filled)
+    assert (pixels(cv2_canny(filled)) != pixels(cv2_canny(src))).mean() > 0.02  # the fill wipes the edges out
+    out = tmp_path / "out.png"
+    r = invoke("run", src, *ARGS, "--controlnet", nets["a"], "--mask", tmp_path / "mask.png", "--mask-blur", "0",
+               "--masked-content", "fill", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    theirs = diffusers_controlnet([nets["a"]], filled, [cv2_canny(src)], mask=mask)
+    assert np.abs(pixels(out) - pixels(theirs)).max() <= 1
+
+
 def test_refusals_name_the_flag_and_the_value(tmp_path, nets, src):
     r = invoke("run", src, *ARGS, "--controlnet", nets["other"], "-o", tmp_path / "o.png")
     assert r.exit_code == 2

@@ -225,3 +225,24 @@ def test_one_step_runs_with_no_strength_and_is_refused_with_one(tmp_path, src, p
     assert r.exit_code == 2
     assert "--steps 1 with --strength 0.75 runs no denoising step (int(steps * strength) = 0)" in r.stderr
     assert not (tmp_path / "b.png").exists()
+
+
+def test_one_step_in_a_jobs_row_or_a_plot_cell_runs_with_no_strength(tmp_path, src, pix_dir):
+    """The same deferral for a jobs file's ``steps`` column and a ``steps`` plot axis: one step is
+    fine for an InstructPix2Pix model, and still refused (naming the line or the cell) for the
+    plain model, before it loads."""
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"input,prompt,steps\n{src},{INSTRUCTION},2\n{src},make it night,1\n")
+    r = invoke("run", "--jobs", jobs, "--model", pix_dir, "--seed", "5", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    assert "Steps: 1," in read_infotext(tmp_path / "out" / "src-png.png")
+    r = invoke("run", "--jobs", jobs, "--model", "tiny", "-o", tmp_path / "plain")
+    assert r.exit_code == 2
+    assert "line 3: --steps 1 with --strength 0.75 runs no denoising step" in r.stderr
+    r = invoke("run", src, "--model", pix_dir, "--seed", "5", "-p", INSTRUCTION, "--x", "steps=1,2", "-o", tmp_path / "grid.png")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "grid.png").exists()
+    r = invoke("run", src, "--model", "tiny", "--x", "steps=1,2", "-o", tmp_path / "plain.png")
+    assert r.exit_code == 2
+    assert "plot cell x0: --steps 1 with --strength 0.75 runs no denoising step" in r.stderr
+    assert not (tmp_path / "plain").exists() and not (tmp_path / "plain.png").exists()

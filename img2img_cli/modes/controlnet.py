@@ -12,7 +12,7 @@ Order of work:
    header: :func:`single_file_config`), or a hub repo id through the Hugging Face cache;
 2. per input, in the reader thread (:meth:`ControlNet.extend`): each ControlNet's control image
    at the output size, made from the pipeline's own input (the source sized to the output,
-   or the inpainting crop) by its ``--control`` preprocessor (:data:`PREPROCESSORS`: ``canny``,
+   or the inpainting crop, before ``--masked-content fill``) by its ``--control`` preprocessor (:data:`MODULES`: ``canny``,
    ``tile``, ``lineart``), or read from ``--control-image`` (``none``: depth, pose... maps
    made elsewhere; a folder pairs them with the inputs by file stem, as ``--mask`` does);
 3. once, after the model loads (:meth:`ControlNet.attach`): the ControlNets are loaded in the
@@ -400,8 +400,9 @@ class ControlNet(Mode):
 
     def extend(self, item, source, prepared, size, config) -> None:
         """``prepared.extras["control"]``: one RGB control image per ControlNet at ``size``.
-        Preprocessors work on ``prepared.image`` (the pipeline's input: the source sized to the
-        output, or the inpainting crop); a given map is read (EXIF, modes and pixel limit as a
+        Preprocessors work on the pipeline's input (``prepared.image``: the source sized to the
+        output, or the inpainting crop) as it is before ``--masked-content fill`` (sd-webui-controlnet
+        preprocesses A1111's init image, which the fill does not change); a given map is read (EXIF, modes and pixel limit as a
         source), sized with ``--resize`` (for ``--inpaint-area masked``: stretched to the canvas,
         cropped to the region and fitted as the crop is).
 
@@ -413,14 +414,18 @@ class ControlNet(Mode):
         from ..masks import find_mask
 
         o = config.options_of(self.name)
+        picture = prepared.image
+        if prepared.extras.get("content") == "fill":  # inpainting's canvas, sized and cropped as the input is
+            region = prepared.extras.get("region")
+            picture = prepared.canvas if region is None else resize_image(prepared.canvas.crop(region), *size, "fill")
         images = []
         for u in self._units(config):
             if u.control == "canny":
-                images.append(canny(prepared.image, o.canny_low, o.canny_high))
+                images.append(canny(picture, o.canny_low, o.canny_high))
             elif u.control == "lineart":
-                images.append(lineart(prepared.image))
+                images.append(lineart(picture))
             elif u.control == "tile":
-                images.append(prepared.image.convert("RGB"))
+                images.append(picture.convert("RGB"))
             else:
                 path = find_mask(u.image, item.input.path, item.input.rel, self._folders, what="control image")
                 given = load_image(path, max_pixels=config.max_pixels, background=config.background_rgb)

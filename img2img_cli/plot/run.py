@@ -43,8 +43,10 @@ def expand(work: list, axes: list, *, save_cells: bool, skip_existing: bool = Fa
 
     Raises:
         UsageError: a Prompt S/R search text in neither prompt (A1111 refuses it), or a cell
-            whose parameters together fail validation (e.g. ``steps * strength < 1``), naming it.
+            whose parameters together fail validation, naming it (``int(steps * strength) < 1``
+            is left to the core: :attr:`~img2img_cli.work.WorkItem.steps_error`).
     """
+    from ..config import NoDenoisingStep
     from ..work import WorkItem
     from .axes import cells, check_prompt_sr
 
@@ -74,13 +76,16 @@ def expand(work: list, axes: list, *, save_cells: bool, skip_existing: bool = Fa
             for axis, i in zip(axes, idx):
                 job, prompt, negative = axis.apply(job, prompt, negative, i)
             name = "-".join(f"{a}{i}" for a, i in zip("xyz", idx))
+            steps_error = ""
             try:
                 job.validate()
+            except NoDenoisingStep as e:  # an error unless the model has no strength: the core decides
+                steps_error = f"{display(w.input.path)}: plot cell {name}: {e}"
             except UsageError as e:
                 raise UsageError(f"{display(w.input.path)}: plot cell {name}: {e}") from None
             cell = WorkItem(
                 len(out), w.input, job, prompt, negative, [folder / f"{dest.stem}-{name}{dest.suffix}"],
-                job.seed if job.seed is not None else w.base_seed, mask=w.mask,
+                job.seed if job.seed is not None else w.base_seed, mask=w.mask, steps_error=steps_error,
             )
             if mode is not None:
                 cell.mode_key = mode.batch_key(cell)
