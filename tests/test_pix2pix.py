@@ -119,6 +119,8 @@ def test_refusals(tmp_path, src, pix_dir):
     r = invoke("run", src, "--model", "tiny", *ARGS, "--image-guidance", "2", "-o", tmp_path / "b.png")
     assert r.exit_code == 2
     assert "--image-guidance needs an instruct-pix2pix model; --model tiny is a stable-diffusion model" in r.stderr
+    r = invoke("run", src, "--model", "tiny", *ARGS, "--image-guidance", "1.5", "-o", tmp_path / "b.png")  # typed, at its default
+    assert r.exit_code == 2 and "--image-guidance needs an instruct-pix2pix model" in r.stderr
     mask = tmp_path / "mask.png"
     Image.new("L", (64, 48), 255).save(mask)
     r = invoke("run", src, "--model", pix_dir, *ARGS, "--mask", mask, "-o", tmp_path / "c.png")

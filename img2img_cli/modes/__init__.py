@@ -342,9 +342,12 @@ def for_model(mode: Mode, index_class: str | None, model: str, config) -> Mode:
         if family in _families(m):
             claimed = m
             continue
-        if m.options is not None and config.options_of(m.name) != m.options():
-            flag = next(_flag(m.options, f.name) for f in dataclasses.fields(m.options)
-                        if getattr(config.options_of(m.name), f.name) != f.default)
+        if m.options is None:
+            continue
+        given = [f.name for f in dataclasses.fields(m.options)  # typed, or (no command line) not the default
+                 if f.name in config.given or getattr(config.options_of(m.name), f.name) != f.default]
+        if given:
+            flag = _flag(m.options, given[0])
             raise UsageError(f"{flag} needs {_a(_families(m)[0])} model; --model {model} is {_a(family or 'other')} model")
     if claimed is None:
         return mode
