@@ -193,6 +193,7 @@ def test_tiles_never_exceed_the_tile_and_a_failed_tile_fails_its_image_alone(tmp
     (["--upscale", 2, "--tile-size", "64x64", "--tile-overlap", 64], r"--tile-overlap 64 must be smaller than the tile \(64x64\)"),
     (["--upscale", 2], r"--tile-overlap 64 must be smaller than the tile \(64x64\); pass a smaller --tile-overlap"),
     (["--upscale", 2, "--outpaint", 8], "contradict each other"),
+    (["--upscale", 2, "--tile-overlap", 16, "--x", "size=64x64,96x96"], "--x size: --upscale makes the input times FACTOR"),
 ])
 def test_bad_options_are_refused_naming_the_flag(tmp_path, src, args, message):
     r = invoke("run", src, "--model", "tiny", "--steps", 2, *args, "-o", tmp_path / "o.png")
