@@ -688,8 +688,9 @@ class RunConfig:
             job = job.replace(scheduler=canonical_name(job.scheduler))
         from . import modes
 
-        modes.for_config(self).validate(self)
-        return dataclasses.replace(self, job=job, axes=axes, steps_error=steps_error)
+        config = dataclasses.replace(self, job=job, axes=axes, steps_error=steps_error)
+        modes.for_config(config).validate(config)  # with its axes: a mode may refuse one (--upscale: size)
+        return config
 
 
 def cli_fields(cls) -> list[tuple[str, object, object, dict]]:

@@ -31,6 +31,7 @@ class Summary:
     first_batch_seconds: float | None = None  # first pipeline call: compile and warm-up happen here
     first_batch_images: int = 0
     steady_rate: float | None = None  # images/s after the first batch (needs 2 or more batches)
+    unit: str = "images"  # what the batches hold: "tiles" when a run cuts images into tiles
 
     @property
     def exit_code(self) -> int:
@@ -58,12 +59,14 @@ class Summary:
 
     def timings(self) -> str | None:
         """``model load 3.1 s, first batch of 8 12.0 s, then 5.20 images/s``; ``None`` when
-        nothing was generated (this process's figures)."""
+        nothing was generated (this process's figures). A tiled run counts tiles, the pipeline's
+        inputs: ``first batch of 8 tiles 12.0 s, then 5.20 tiles/s``."""
         if self.load_seconds is None or self.first_batch_seconds is None:
             return None
-        text = f"model load {self.load_seconds:.1f} s, first batch of {self.first_batch_images} {self.first_batch_seconds:.1f} s"
+        what = " tiles" if self.unit == "tiles" else ""
+        text = f"model load {self.load_seconds:.1f} s, first batch of {self.first_batch_images}{what} {self.first_batch_seconds:.1f} s"
         if self.steady_rate is not None:
-            text += f", then {self.steady_rate:.2f} images/s"
+            text += f", then {self.steady_rate:.2f} {self.unit}/s"
         return text
 
 

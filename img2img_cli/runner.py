@@ -449,6 +449,8 @@ class Runner:
             if n:
                 log.info("%s: removed %d temporary file(s) left by a killed run", display(folder), n)
         batches = self._plan(loaded.native)
+        if any(w.grid is not None for w in self.todo):  # the batches hold tiles (an untiled image is one)
+            self.summary.unit = "tiles"
         total = sum(len(b) for b in batches)
         if self.progress and total:
             from tqdm.auto import tqdm

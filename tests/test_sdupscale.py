@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,9 @@ def test_batch_size_does_not_change_a_tile(tmp_path, src):
     for b in (1, 4):
         r = invoke("run", src, *ARGS, "--upscale", 2, "--tile-overlap", 16, "-b", b, "-N", 2, "-o", tmp_path / f"b{b}")
         assert r.exit_code == 0, r.stderr
+        # the batches hold tiles (2 images of 4): the summary's rates say so, not "images/s"
+        assert "2 written, 0 skipped, 0 failed" in r.stderr and f"first batch of {b} tiles" in r.stderr, r.stderr
+        assert re.search(r"then [0-9.]+ tiles/s\)", r.stderr), r.stderr
     for name in ("src-0.png", "src-1.png"):  # batched matmuls may round a few values differently, as for images
         diff = np.abs(pixels(tmp_path / "b1" / name) - pixels(tmp_path / "b4" / name))
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
@@ -193,6 +198,7 @@ def test_tiles_never_exceed_the_tile_and_a_failed_tile_fails_its_image_alone(tmp
     (["--upscale", 2, "--tile-size", "64x64", "--tile-overlap", 64], r"--tile-overlap 64 must be smaller than the tile \(64x64\)"),
     (["--upscale", 2], r"--tile-overlap 64 must be smaller than the tile \(64x64\); pass a smaller --tile-overlap"),
     (["--upscale", 2, "--outpaint", 8], "contradict each other"),
+    (["--upscale", 2, "--tile-overlap", 16, "--x", "size=64x64,96x96"], "--x size: --upscale makes the input times FACTOR"),
 ])
 def test_bad_options_are_refused_naming_the_flag(tmp_path, src, args, message):
     r = invoke("run", src, "--model", "tiny", "--steps", 2, *args, "-o", tmp_path / "o.png")

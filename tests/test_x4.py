@@ -101,6 +101,27 @@ def test_x4_refusals(tmp_path, x4, args, message):
     assert r.exit_code == 2 and re.search(message, r.stderr), r.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--x", "strength=0.5,1"], "--x/--y/--z strength: an x4 upscaler model has no denoising strength"),
+    (["--x", "seed=1,2", "--y", "size=64x64,72x72"], "--y size=72x72: an x4 upscaler.s output is 4 times its input, so a multiple of 32"),
+])
+def test_x4_refuses_plot_axes_it_cannot_honour(tmp_path, x4, args, message):
+    """A strength axis would make identical cells labelled with strengths that were never used;
+    a size that is not a multiple of 32 would make a smaller image than its label says."""
+    r = invoke("run", photo(tmp_path, (24, 16)), "--model", x4, "--steps", 2, *args, "-o", tmp_path / "o.png")
+    assert r.exit_code == 2 and re.search(message, r.stderr), r.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_x4_refuses_a_jobs_files_strength_column(tmp_path, x4):
+    photo(tmp_path, (24, 16))
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("input,strength\nsrc.png,0.7\n")
+    r = invoke("run", "--jobs", jobs, "--model", x4, "--steps", 2, "-o", tmp_path / "out")
+    assert r.exit_code == 2 and "line 2: strength: an x4 upscaler model has no denoising strength" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_noise_level_needs_an_x4_model(tmp_path):
     r = invoke("run", photo(tmp_path, (24, 16)), "--model", "tiny", "--noise-level", 30, "-o", tmp_path / "o.png")
     assert r.exit_code == 2 and "--noise-level needs a stable-diffusion-x4-upscaler model; --model tiny is a stable-diffusion model" in r.stderr

@@ -373,6 +373,27 @@ def _a(word: str) -> str:
     return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
+def refuse_strength(config, why: str) -> None:
+    """For a mode without a denoising strength (:attr:`Mode.has_strength` ``False``): refuse a
+    typed ``--strength`` (``config.given``), a jobs file's ``strength`` column and a ``strength``
+    plot axis, each of which would be silently ignored. ``why`` says what the model has instead.
+
+    Raises:
+        UsageError: naming the flag, or the jobs file and its line.
+    """
+    if "strength" in config.given:
+        raise UsageError(f"--strength: {why}; drop it")
+    if config.jobs is not None:
+        from ..io import display
+        from ..jobs import load_jobs
+
+        row = next((r for r in load_jobs(config.jobs, config.job) if "strength" in r.overrides), None)
+        if row is not None:
+            raise UsageError(f"--jobs {display(config.jobs)} line {row.line}: strength: {why}; drop the column")
+    if any(axis.name == "strength" for axis in config.axes):
+        raise UsageError(f"--x/--y/--z strength: {why}")
+
+
 def _img2img() -> Mode:
     from .img2img import Img2Img
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..config import option
 from ..errors import UsageError
-from . import DROP, Mode, Prepared
+from . import DROP, Mode, Prepared, refuse_strength
 
 #: A1111's ``Image CFG scale`` default (img2img tab with an instruct-pix2pix model,
 #: ``modules/processing.py`` ``image_cfg_scale``; also diffusers' ``image_guidance_scale``).
@@ -56,18 +56,7 @@ class Pix2Pix(Mode):
         Raises:
             UsageError: naming the flag, or the jobs file and line.
         """
-        why = "an instruct-pix2pix model has no denoising strength (every --steps step runs)"
-        if "strength" in config.given:
-            raise UsageError(f"--strength: {why}; drop it")
-        if config.jobs is not None:
-            from ..jobs import load_jobs
-            from ..io import display
-
-            row = next((r for r in load_jobs(config.jobs, config.job) if "strength" in r.overrides), None)
-            if row is not None:
-                raise UsageError(f"--jobs {display(config.jobs)} line {row.line}: strength: {why}; drop the column")
-        if any(axis.name == "strength" for axis in config.axes):
-            raise UsageError(f"--x/--y/--z strength: {why}")
+        refuse_strength(config, "an instruct-pix2pix model has no denoising strength (every --steps step runs)")
         scale = config.options_of(self.name).image_guidance
         if not 0 <= scale <= MAX_IMAGE_GUIDANCE:
             raise UsageError(f"--image-guidance must be in [0, {MAX_IMAGE_GUIDANCE:g}], got {scale}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ..config import MAX_SIDE, option
 from ..errors import InputError, UsageError
-from . import DROP, Mode, Prepared
+from . import DROP, Mode, Prepared, refuse_strength
 
 #: Output pixels per input pixel.
 SCALE = 4
@@ -58,20 +58,24 @@ class X4Upscale(Mode):
     c2pa_action = "c2pa.edited"
 
     def validate(self, config) -> None:
-        """Raises :class:`UsageError`: ``--noise-level`` outside ``[0, 350]``, a typed
-        ``--strength``, ``--width``/``--height`` not multiples of 32 (the input is a quarter of
-        them, in multiples of 8), or an add-on."""
+        """Raises :class:`UsageError`: ``--noise-level`` outside ``[0, 350]``, a strength
+        (:func:`~img2img_cli.modes.refuse_strength`: typed, a jobs column, a plot axis),
+        ``--width``/``--height`` or a ``size`` plot axis not multiples of 32 (the input is a
+        quarter of them, in multiples of 8), or an add-on."""
         n = config.options_of(self.name).noise_level
         if not 0 <= n <= MAX_NOISE_LEVEL:
             raise UsageError(f"--noise-level must be in [0, {MAX_NOISE_LEVEL}], got {n}")
-        if "strength" in config.given:
-            raise UsageError("--strength: an x4 upscaler model has no denoising strength (--noise-level sets how much it invents)")
+        refuse_strength(config, "an x4 upscaler model has no denoising strength (--noise-level sets how much it invents)")
         from ..config import parse_size
 
         width, height = parse_size(config.size) if config.size else (config.job.width, config.job.height)  # --size not folded yet
-        for flag, value in (("--width", width), ("--height", height)):
+        checks = [(f"--width {width}", width), (f"--height {height}", height)]
+        for flag, axis in zip(("--x", "--y", "--z"), config.axes):
+            if axis.name == "size":
+                checks += [(f"{flag} size={w}x{h}", side) for w, h in axis.values for side in (w, h)]
+        for what, value in checks:
             if value and value % (8 * SCALE):
-                raise UsageError(f"{flag} {value}: an x4 upscaler's output is 4 times its input, so a multiple of 32 (try {value // 32 * 32 or 32})")
+                raise UsageError(f"{what}: an x4 upscaler's output is 4 times its input, so a multiple of 32 (try {value // 32 * 32 or 32})")
         if config.addons:
             raise UsageError(f"an x4 upscaler model does not combine with {', '.join(config.addons)}")
 
