@@ -136,3 +136,23 @@ def test_clip_skip_axis_cells_equal_single_runs(tmp_path, src):
         assert np.array_equal(pixels(out / f"cat-x{i}.png"), pixels(single))
     assert not np.array_equal(pixels(out / "cat-x0.png"), pixels(out / "cat-x1.png"))
     assert "X Type: Clip skip" in Image.open(out / "cat.png").info["parameters"]
+
+
+def test_a_size_axis_centres_smaller_cells_in_the_largest(tmp_path, src):
+    """Cells of different sizes (a size axis): the grid's cell is the largest; a smaller cell
+    sits centred in it, unscaled, on white."""
+    from img2img_cli.plot.grid import grid_margins
+
+    out = tmp_path / "plot"
+    fast = [a for a in FAST if a not in ("--size", "64x64")]
+    r = invoke("run", src, *fast, "-p", "a cat", "--x", "size=64x64,96x96", "--save-cells", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    small, big = pixels(out / "cat-x0.png"), pixels(out / "cat-x1.png")
+    assert small.shape[:2] == (64, 64) and big.shape[:2] == (96, 96)
+    g = pixels(out / "cat.png")
+    m = grid_margins((96, 96), ["Size: 64x64", "Size: 96x96"], [])
+    assert g.shape[:2] == (m.top + 96, m.left + 2 * 96)
+    cell0 = g[m.top : m.top + 96, m.left : m.left + 96]
+    assert np.array_equal(cell0[16:80, 16:80], small)
+    assert (cell0[:16] == 255).all() and (cell0[80:] == 255).all()
+    assert np.array_equal(g[m.top : m.top + 96, m.left + 96 : m.left + 192], big)

@@ -133,7 +133,10 @@ def compose(plot: Plot, *, overwrite: bool, xmp: bytes | None, quality: int = 95
     if first is None:
         return None
     axes = plot.axes
-    size = next(im.size for im in images.values() if im is not None)
+    sizes = {im.size for im in images.values() if im is not None}
+    size = (max(w for w, _ in sizes), max(h for _, h in sizes))
+    if len(sizes) > 1:  # a size axis: each cell centred, unscaled, on a white cell of the largest size
+        images = {k: _centred(im, size) for k, im in images.items()}
     labels = [list(a.grid_labels) for a in axes]
     nx = len(axes[0].values)
     ny = len(axes[1].values) if len(axes) > 1 else 1
@@ -154,6 +157,17 @@ def compose(plot: Plot, *, overwrite: bool, xmp: bytes | None, quality: int = 95
         params["Version"] = version
     fmt = EXTENSION_FORMATS.get(plot.dest.suffix.lower(), "png")
     return atomic_save(grid, plot.dest, fmt, format_infotext(prompt, negative, params), quality=quality, overwrite=overwrite, xmp=xmp)
+
+
+def _centred(image, size: tuple[int, int]):
+    """``image`` (RGB) centred on a white ``size`` canvas, its pixels unscaled; ``None`` stays."""
+    from PIL import Image
+
+    if image is None or image.size == size:
+        return image
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    canvas.paste(image, ((size[0] - image.width) // 2, (size[1] - image.height) // 2))
+    return canvas
 
 
 def remove_hidden(folders: list[Path]) -> None:
