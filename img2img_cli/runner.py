@@ -211,7 +211,8 @@ class Runner:
         for u in batch:
             read = out[u.item.index]
             if u.item.grid is not None and not isinstance(read, InputError):
-                out[(u.item.index, u.part)] = to_tensor(read[1].image.crop(u.item.grid.boxes[u.part]), pin=self.pin)
+                box = u.item.grid.boxes[u.part]
+                out[(u.item.index, u.part)] = (to_tensor(read[1].image.crop(box), pin=self.pin), self.mode.tile_extras(read[1].extras, box))
         return out
 
     def _collect(self, unit: Unit, image, error: str | None, seconds: float, prepared) -> None:
@@ -317,11 +318,12 @@ class Runner:
         for u in batch:
             w = u.item
             image, ready = prepared[w.index]
-            if w.grid is not None:
-                image = prepared[(w.index, u.part)]
+            extras = ready.extras
+            if w.grid is not None:  # the tile, and the mode's extras for it (Mode.tile_extras)
+                image, extras = prepared[(w.index, u.part)]
             prompt, negative = (w.text.prompt, w.text.negative) if w.text is not None else (w.prompt, w.negative_prompt)
             out.append(Request(
-                image, prompt, negative, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, ready.extras, w.loras, w.job.clip_skip,
+                image, prompt, negative, u.seed, w.job.strength, w.job.steps, w.job.guidance_scale, extras, w.loras, w.job.clip_skip,
             ))
         return out
 

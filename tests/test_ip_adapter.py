@@ -290,3 +290,21 @@ def test_sdxl_equals_diffusers_and_an_sd_adapter_is_refused(tmp_path, adapter, s
                "-o", tmp_path / "sd.png")
     assert r.exit_code == 2
     assert f"--ip-adapter {adapter}: made for a model with 32-wide text conditioning; --model {model} has 96-wide" in r.stderr
+
+
+def test_sd_upscale_tiles_share_the_style_image(tmp_path, adapter, scene):
+    """With ``--upscale`` every tile is guided by the whole style image (``Mode.tile_extras``
+    keeps it whole): the one-tile case equals an IP-Adapter run on the enlarged input."""
+    small = tmp_path / "small.png"
+    Image.open(scene / "src.png").convert("RGB").resize((32, 32), Image.LANCZOS).save(small)
+    big = tmp_path / "big.png"
+    Image.open(small).resize((64, 64), Image.LANCZOS).save(big)
+    style = ["--ip-adapter", adapter, "--style-image", scene / "coffee.png"]
+    r = invoke("run", small, *ARGS, "--upscale", 2, *style, "-o", tmp_path / "a.png")
+    assert r.exit_code == 0, r.stderr
+    assert invoke("run", big, *ARGS, *style, "-o", tmp_path / "b.png").exit_code == 0
+    assert np.abs(pixels(tmp_path / "a.png") - pixels(tmp_path / "b.png")).max() <= 1
+    r = invoke("run", small, *ARGS, "--upscale", 2, *style, "--tile-size", "48x48", "--tile-overlap", 16, "-o", tmp_path / "c.png")
+    assert r.exit_code == 0, r.stderr  # 2x2 tiles
+    assert pixels(tmp_path / "c.png").shape == (64, 64, 3)
+    assert "Size: 48x48" in read_infotext(tmp_path / "c.png")

@@ -98,6 +98,37 @@ def test_tiled_upscale_size_infotext_and_tile_seeds(tmp_path, src, tiny_pipe):
     assert rows[[15, 31]].max() < 3 * np.median(rows)
 
 
+def test_controlnet_tile_guides_each_tile_with_its_own_crop(tmp_path, src):
+    """SD upscale with a ControlNet (the "ControlNet tile" way of upscaling): each tile's control
+    image is its own crop of the map (``Mode.tile_extras``). Where only tile k covers the result,
+    it equals a ControlNet run on that crop of the enlarged input with seed 7 + k, and the
+    ControlNet changes the result."""
+    from .helpers.tiny_controlnet import save_tiny_controlnet
+
+    cn = save_tiny_controlnet(tmp_path / "cn", seed=1)
+    out = tmp_path / "up.png"
+    r = invoke("run", src, *ARGS, "--upscale", 2, "--tile-overlap", 16, "--controlnet", cn, "--control", "tile", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    ours = pixels(out)
+    assert ours.shape == (80, 96, 3)
+    assert 'ControlNet 0: "Module: tile_resample' in read_infotext(out)
+    plain = tmp_path / "plain.png"
+    assert invoke("run", src, *ARGS, "--upscale", 2, "--tile-overlap", 16, "-o", plain).exit_code == 0
+    assert np.abs(ours - pixels(plain)).max() > 8
+
+    enlarged = Image.open(src).convert("RGB").resize((96, 80), Image.LANCZOS)
+    alone = {0: (slice(0, 16), slice(0, 32)), 3: (slice(32, 80), slice(48, 96))}
+    for k, box in ((0, (0, 0, 64, 64)), (3, (32, 16, 96, 80))):
+        crop = tmp_path / f"crop{k}.png"
+        enlarged.crop(box).save(crop)
+        single = tmp_path / f"single{k}.png"
+        r = invoke("run", crop, *ARGS[:4], "--seed", 7 + k, *ARGS[6:], "--controlnet", cn, "--control", "tile", "-o", single)
+        assert r.exit_code == 0, r.stderr
+        ys, xs = alone[k]
+        theirs = pixels(single)[ys.start - box[1] : ys.stop - box[1], xs.start - box[0] : xs.stop - box[0]]
+        assert np.abs(ours[ys, xs] - theirs).max() <= 1, k
+
+
 def test_one_tile_equals_a_plain_run_on_the_enlarged_image(tmp_path, src):
     small = tmp_path / "small.png"
     Image.open(src).convert("RGB").resize((32, 32), Image.LANCZOS).save(small)

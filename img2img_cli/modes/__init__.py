@@ -213,6 +213,13 @@ class Mode:
 
         return Prepared(resize_image(source, *size, item.job.resize_mode))
 
+    def tile_extras(self, extras: dict, box: tuple[int, int, int, int]) -> dict:
+        """The extras (:attr:`Prepared.extras`, made for the whole picture) for one tile of a
+        tiled item (:meth:`tiles`), ``box`` its ``(left, top, right, bottom)`` in the picture's
+        pixels, in the reader thread. ControlNet crops its control images to the box; the
+        default keeps every extra whole (an IP-Adapter style image is for the whole picture)."""
+        return extras
+
     def batch_key(self, item) -> tuple:
         """What, beyond size, strength, steps and guidance scale, must be equal for two
         images of this mode to share one pipeline call."""
@@ -286,6 +293,11 @@ class Stack(Mode):
         for m in self.addons:
             m.extend(item, source, prepared, size, config)
         return prepared
+
+    def tile_extras(self, extras, box):
+        for m in self._all():
+            extras = m.tile_extras(extras, box)
+        return extras
 
     def batch_key(self, item):
         return tuple(k for m in self._all() for k in m.batch_key(item))

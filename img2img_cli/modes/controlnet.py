@@ -344,7 +344,7 @@ class ControlNet(Mode):
     options = ControlNetOptions
     trigger = "controlnet"
     addon = True
-    bases = ("img2img", "inpaint")  # diffusers has no ControlNet InstructPix2Pix or x4 upscaler pipeline
+    bases = ("img2img", "inpaint", "sdupscale")  # diffusers has no ControlNet InstructPix2Pix or x4 upscaler pipeline
 
     def __init__(self):
         self._folders: dict = {}  # control-image folder -> its images by stem, listed once per run
@@ -434,6 +434,12 @@ class ControlNet(Mode):
                     given = resize_image(given.resize(prepared.canvas.size, resample=3).crop(region), *size, "fill")
                 images.append(resize_image(given, *size, item.job.resize_mode))
         prepared.extras["control"] = images
+
+    def tile_extras(self, extras, box):
+        """For a tile of SD upscale (``--upscale``): each control image cropped to the tile's
+        ``box``, so the tile is guided by its own part of the map (``--control tile``: the tile
+        itself, the ControlNet-tile way of upscaling)."""
+        return {**extras, "control": [im.crop(box) for im in extras["control"]]}
 
     def call_kwargs(self, pipe, requests: list) -> dict:
         """``control_image`` (a ``(B, 3, H, W)`` batch, or a list of one per ControlNet: diffusers

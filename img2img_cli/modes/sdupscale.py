@@ -104,7 +104,7 @@ class SDUpscale(Img2Img):
     def validate(self, config) -> None:
         """Raises :class:`UsageError`: a factor outside ``[1, 8]``, an ``--upscaler`` file that is
         not there, ``--width``/``--height``/``--size`` or a ``size`` plot axis (the output is the
-        input times the factor; ``--tile-size`` is the tile), or an add-on (its inputs are not tiled)."""
+        input times the factor; ``--tile-size`` is the tile). Add-ons work per tile (:meth:`~img2img_cli.modes.Mode.tile_extras`: ControlNet crops its maps)."""
         o = config.options_of(self.name)
         if not 1 <= o.upscale <= MAX_FACTOR:
             raise UsageError(f"--upscale must be in [1, {MAX_FACTOR:g}], got {o.upscale:g}")
@@ -114,8 +114,6 @@ class SDUpscale(Img2Img):
         flag = next((f for f, axis in zip(("--x", "--y", "--z"), config.axes) if axis.name == "size"), None)
         if flag is not None:
             raise UsageError(f"{flag} size: --upscale makes the input times FACTOR, so a size axis does not apply (--tile-size sets the tile)")
-        if config.addons:
-            raise UsageError(f"--upscale does not combine with {', '.join(config.addons)} (its inputs are not cut into tiles)")
 
     def upscaler_name(self, config) -> str:
         """A1111's ``SD upscale upscaler`` value: ``Lanczos``, or the network file's stem."""
