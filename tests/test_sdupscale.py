@@ -159,6 +159,10 @@ def test_a_network_upscaler_enlarges_first(tmp_path, src):
     assert invoke("run", big, *ARGS, "-o", tmp_path / "b.png").exit_code == 0
     assert np.abs(pixels(tmp_path / "a.png") - pixels(tmp_path / "b.png")).max() <= 1
     assert parse_infotext(read_infotext(tmp_path / "a.png"))["SD upscale upscaler"] == "tiny-x2"
+    # factor 1: no network pass (A1111's Upscaler.upscale loop stops at once): the Lanczos result
+    one = [invoke("run", big, *ARGS, "--upscale", 1, *u, "-o", tmp_path / f"one{i}.png") for i, u in enumerate(([], ["--upscaler", net]))]
+    assert all(r.exit_code == 0 for r in one), [r.stderr for r in one]
+    assert (pixels(tmp_path / "one0.png") == pixels(tmp_path / "one1.png")).all()
     r = invoke("run", small, *ARGS, "--upscale", 2, "--upscaler", tmp_path / "nope.pth", "-o", tmp_path / "c.png")
     assert r.exit_code == 2 and "--upscaler" in r.stderr and "nope.pth: no such file" in r.stderr
 
@@ -228,6 +232,7 @@ def test_tiles_never_exceed_the_tile_and_a_failed_tile_fails_its_image_alone(tmp
     (["--upscale", 2, "--tile-size", "60x64"], "--tile-size sides must be multiples of 8"),
     (["--upscale", 2, "--tile-size", "64x64", "--tile-overlap", 64], r"--tile-overlap 64 must be smaller than the tile \(64x64\)"),
     (["--upscale", 2], r"--tile-overlap 64 must be smaller than the tile \(64x64\); pass a smaller --tile-overlap"),
+    (["--upscale", 2, "--tile-size", "32x48", "--model", "missing-model-folder/"], r"--tile-overlap 64 must be smaller than the tile \(32x48\)"),  # before any model
     (["--upscale", 2, "--outpaint", 8], "contradict each other"),
     (["--upscale", 2, "--tile-overlap", 16, "--x", "size=64x64,96x96"], "--x size: --upscale makes the input times FACTOR"),
 ])

@@ -81,11 +81,14 @@ def load_network(path: str, device: str, dtype: str):
 
 def network_enlarge(network, image, size: tuple[int, int]):
     """``image`` enlarged to ``size`` by ``network`` (:func:`load_network`), passes as A1111's
-    ``Upscaler.upscale``, then Lanczos to the exact size."""
+    ``Upscaler.upscale``, then Lanczos to the exact size; no network pass when ``image``
+    already covers ``size`` (``--upscale 1``), as A1111's ``Upscaler.upscale`` loop stops."""
     from PIL import Image
 
     from ..upscalers import upscale_image
 
+    if image.width >= size[0] and image.height >= size[1]:  # A1111 runs no network pass then (factor 1)
+        return image if image.size == size else image.resize(size, Image.LANCZOS)
     out = upscale_image(network, image, size[0] / image.width)
     return out if out.size == size else out.resize(size, Image.LANCZOS)
 
@@ -114,6 +117,12 @@ class SDUpscale(Img2Img):
         flag = next((f for f, axis in zip(("--x", "--y", "--z"), config.axes) if axis.name == "size"), None)
         if flag is not None:
             raise UsageError(f"{flag} size: --upscale makes the input times FACTOR, so a size axis does not apply (--tile-size sets the tile)")
+        tile = config.tiling.tile()
+        overlap = config.tiling.tile_overlap if config.tiling.tile_overlap is not None else DEFAULT_OVERLAP
+        if tile is not None and overlap >= min(tile):
+            raise UsageError(
+                f"--tile-overlap {overlap} must be smaller than the tile ({tile[0]}x{tile[1]}); pass a smaller --tile-overlap or a larger --tile-size"
+            )
 
     def upscaler_name(self, config) -> str:
         """A1111's ``SD upscale upscaler`` value: ``Lanczos``, or the network file's stem."""
