@@ -69,3 +69,21 @@ def cat_face(path: Path) -> Path:
     with Image.open(EXAMPLES / "chelsea.png") as im:
         im.convert("RGB").crop((150, 40, 278, 168)).resize((64, 64), Image.Resampling.LANCZOS).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def x4(tmp_path_factory):
+    """The tiny x4 upscaler (``tests/helpers/tiny_x4.py``), a diffusers folder."""
+    from .helpers.tiny_x4 import build_tiny_x4
+
+    return build_tiny_x4(tmp_path_factory.mktemp("x4") / "tiny-x4")
+
+
+@pytest.fixture(scope="session")
+def x4_pipe(x4):
+    """``StableDiffusionUpscalePipeline`` loaded from :func:`x4`, progress bar off."""
+    from diffusers import StableDiffusionUpscalePipeline
+
+    pipe = StableDiffusionUpscalePipeline.from_pretrained(str(x4), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -14,23 +14,8 @@ from img2img_cli.metadata import parse_infotext, read_infotext
 
 from .conftest import EXAMPLES
 from .helpers.cli import invoke, pixels
-from .helpers.tiny_x4 import build_tiny_x4
 
 ARGS = ["--steps", "3", "--seed", "11", "-g", "6", "-p", "a red ball", "-n", "blurry"]
-
-
-@pytest.fixture(scope="module")
-def x4(tmp_path_factory):
-    return build_tiny_x4(tmp_path_factory.mktemp("x4") / "tiny-x4")
-
-
-@pytest.fixture(scope="module")
-def x4_pipe(x4):
-    from diffusers import StableDiffusionUpscalePipeline
-
-    pipe = StableDiffusionUpscalePipeline.from_pretrained(str(x4), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def photo(tmp_path, size, name="src.png"):

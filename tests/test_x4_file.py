@@ -18,26 +18,11 @@ from img2img_cli.models import CONFIGS_DIR, resolve_model
 
 from .conftest import EXAMPLES
 from .helpers.cli import invoke, pixels
-from .helpers.tiny_x4 import build_tiny_x4
 from .helpers.x4_checkpoint import save_x4_checkpoint, save_x4_detection_checkpoint
 
 ARGS = ["--steps", "3", "--seed", "11", "-g", "6", "-p", "a red ball", "-n", "blurry"]
 X4_CONFIG = CONFIGS_DIR / "x4-upscaler"
 ROOT = CONFIGS_DIR.parents[2]
-
-
-@pytest.fixture(scope="module")
-def x4(tmp_path_factory):
-    return build_tiny_x4(tmp_path_factory.mktemp("x4") / "tiny-x4")
-
-
-@pytest.fixture(scope="module")
-def x4_pipe(x4):
-    from diffusers import StableDiffusionUpscalePipeline
-
-    pipe = StableDiffusionUpscalePipeline.from_pretrained(str(x4), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
