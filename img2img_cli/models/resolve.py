@@ -292,6 +292,20 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a ``.safetensors`` file, from its header only (no weight
+    read, no torch import: safetensors' ``safe_open`` with the numpy framework).
+
+    Raises:
+        OSError: the file cannot be read. Exception: safetensors' error for a file that is not a
+            valid safetensors file (callers word it, naming their flag).
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
 class _LazyCheckpoint(dict):
     """A read-only mapping over a safetensors file that loads a tensor only when asked."""
 

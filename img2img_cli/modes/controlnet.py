@@ -25,9 +25,7 @@ Order of work:
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -135,21 +133,18 @@ def split_weight(spec: str) -> tuple[str, float]:
     return model, weight
 
 
-def safetensors_keys(path: Path) -> dict[str, list[int]]:
-    """The tensor names and shapes of a ``.safetensors`` file, from its header (8-byte
-    little-endian length, then JSON; the safetensors format), without reading any weight.
+def safetensors_keys(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a ``.safetensors`` file, without reading any weight
+    (:func:`img2img_cli.models.resolve.tensor_shapes`).
 
     Raises:
-        ModelError: not a safetensors file (naming it).
+        ModelError: not a readable safetensors file (naming it).
     """
+    from ..models.resolve import tensor_shapes
+
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
-                raise ValueError("header too large")
-            header = json.loads(f.read(n))
-        return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        return tensor_shapes(path)
+    except Exception as e:  # OSError, or safetensors' header error
         raise ModelError(f"--controlnet {path}: not a readable .safetensors file ({' '.join(str(e).split())})") from None
 
 

@@ -115,24 +115,20 @@ def encoder_dir(o: IpAdapterOptions) -> Path:
 
 
 def read_shapes(path: Path) -> dict[str, tuple]:
-    """The tensor shapes of a ``.safetensors`` file by key, from its header (no tensor read).
+    """The tensor shapes of a ``.safetensors`` file by key, from its header (no tensor read;
+    :func:`img2img_cli.models.resolve.tensor_shapes`).
 
     Raises:
         UsageError: naming the file, when it cannot be read or is not a safetensors file.
     """
-    import json
+    from ..models.resolve import tensor_shapes
 
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n <= path.stat().st_size - 8:
-                raise ValueError
-            header = json.loads(f.read(n))
+        return tensor_shapes(path)
     except OSError as e:
         raise UsageError(f"--ip-adapter {display(path)}: cannot read ({e.strerror or e})") from None
-    except ValueError:
+    except Exception:  # safetensors' error for a file without a valid header
         raise UsageError(f"--ip-adapter {display(path)}: not a .safetensors file (no valid header)") from None
-    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
 
 
 @functools.lru_cache(maxsize=8)
